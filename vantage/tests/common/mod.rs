@@ -16,6 +16,8 @@
 
 #![allow(dead_code, reason = "each integration test binary uses a different subset of the harness")]
 
+pub mod traffic;
+
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -1189,8 +1191,12 @@ impl Daemon {
         let mut cmd = Command::new("nsenter");
         // Not `ip netns exec`: it remounts /sys, which hides the cgroup2 mount on hybrid hosts.
         // Without --fork, nsenter execs the daemon, so the child pid is the daemon's.
+        // VANTAGE_TEST_WRAP (test-only) names a command to run the daemon under, such as
+        // `setpriv ...` to drop privileges.
+        let wrap = env.iter().find(|(k, _)| *k == "VANTAGE_TEST_WRAP").map(|(_, v)| *v);
         cmd.arg(format!("--net={}", netns.path().display()))
             .arg("--")
+            .args(wrap.map(|w| w.split_whitespace().collect::<Vec<_>>()).unwrap_or_default())
             .arg(env!("CARGO_BIN_EXE_vantage"))
             .args(args)
             .args(&extra)
@@ -1205,7 +1211,7 @@ impl Daemon {
         if !env.iter().any(|(k, _)| *k == "VANTAGE_LOG") {
             cmd.env("VANTAGE_LOG", "debug");
         }
-        cmd.envs(env.iter().copied());
+        cmd.envs(env.iter().copied().filter(|(k, _)| *k != "VANTAGE_TEST_WRAP"));
         let child = cmd.spawn().expect("spawn nsenter for vantage");
 
         // Built before waiting so that any panic below still kills the daemon and shows the log.
