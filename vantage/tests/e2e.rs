@@ -253,3 +253,38 @@ fn start_up_failures_are_one_clear_line() {
     assert!(log.contains("not privileged enough"), "{log}");
 }
 
+
+#[test]
+fn sampled_drops_are_logged_and_counted() {
+    if !common::prerequisites() {
+        return;
+    }
+    let ns = Netns::new();
+    let _in_ns = ns.enter_current_thread();
+    let a = Cgroup::new();
+    let sock = common::udp_bound_in(&a, SocketAddr::from((LO, 7501)));
+    let d = Daemon::start(
+        &ns,
+        &["--iface", "lo", "--drop-event-log-enabled", "--drop-event-sample-n", "10"],
+        &[("VANTAGE_LOG", "info")],
+    );
+    put_policy(&d, a.id, r#"{"rate_tokens_per_sec":1,"burst_tokens":0,"enabled":true,"proto":"udp","dst_port":7501}"#);
+    let client = UdpSocket::bind(SocketAddr::from((LO, 0))).expect("client");
+    let c = Counter::start(sock);
+    let sent = udp_flood(&client, SocketAddr::from((LO, 7501)), 1000, Duration::from_secs(1));
+    assert_eq!(c.finish(), 0, "burst 0 drops everything");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (_, v) = d.http_json("GET", "/debug/snapshot", None);
+    let ev = &v["drop_events"];
+    let (emitted, received) = (ev["emitted"].as_u64().unwrap_or(0), ev["received"].as_u64().unwrap_or(0));
+    // 1 in 10 per CPU: between sent/10 and sent/10 + one per CPU.
+    assert!(emitted >= sent.packets / 10 && emitted <= sent.packets / 10 + 4, "{ev} for {sent:?}");
+    assert_eq!(received, emitted, "{ev}");
+    let line = format!("drop: tenant cg:{} ingress udp port 7501 len", a.id);
+    let logged = d.log().lines().filter(|l| l.contains(&line)).count() as u64;
+    assert_eq!(logged, received, "one readable line per event");
+    assert!(d.log().contains("by level 8 (base_method_path_wildcard)"), "{}", d.log());
+    let (_, text) = d.http("GET", "/metrics", None);
+    assert_eq!(metric(&text, "vantage_drop_events_received_total", &[]), Some(received as f64));
+}
