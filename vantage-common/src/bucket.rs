@@ -54,7 +54,7 @@ pub const fn conform(tat: u64, now: u64, interval: u64, tolerance: u64) -> Optio
 
 /// Whole tokens available at `now`.
 pub const fn tokens(tat: u64, now: u64, interval: u64, tolerance: u64) -> u64 {
-    let ahead = if tat > now { tat - now } else { 0 };
+    let ahead = tat.saturating_sub(now);
     if ahead >= tolerance || interval == 0 {
         0
     } else {

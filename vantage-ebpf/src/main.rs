@@ -12,6 +12,11 @@
 #![no_main]
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic intrinsics; see policy::meter")]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys passed by reference stay in one stack slot; passing them by value changes \
+              the code enough to push the verifier past its complexity limit"
+)]
 
 mod identity;
 mod maps;

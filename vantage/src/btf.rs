@@ -312,7 +312,7 @@ impl KernelBtf {
                 return Err(BtfError::Bitfield { strukt: strukt.to_owned(), member: dotted() });
             }
             bit_offset += found.bit_offset;
-            if bit_offset % 8 != 0 {
+            if !bit_offset.is_multiple_of(8) {
                 return Err(BtfError::Unaligned {
                     strukt: strukt.to_owned(),
                     member: dotted(),
@@ -851,7 +851,7 @@ mod tests {
         // Pointers in struct sock are 8-byte aligned and the struct is well under a page.
         assert!(offsets.sock_cgroup > 0 && offsets.sock_cgroup < 4096, "{offsets:?}");
         assert_eq!(offsets.sock_cgroup % 8, 0, "{offsets:?}");
-        assert!(offsets.cgroup_kn < 4096 && offsets.cgroup_kn % 8 == 0, "{offsets:?}");
-        assert!(offsets.kn_id < 4096 && offsets.kn_id % 8 == 0, "{offsets:?}");
+        assert!(offsets.cgroup_kn < 4096 && offsets.cgroup_kn.is_multiple_of(8), "{offsets:?}");
+        assert!(offsets.kn_id < 4096 && offsets.kn_id.is_multiple_of(8), "{offsets:?}");
     }
 }

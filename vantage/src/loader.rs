@@ -53,7 +53,7 @@ pub enum LoadError {
         name: &'static str,
         /// What the kernel said, with the verifier log.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// Attaching failed.
     #[error("attach {name} to {iface} {direction}")]
@@ -66,7 +66,7 @@ pub enum LoadError {
         direction: &'static str,
         /// Cause.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// Another live process already has a vantage program on the hook.
     #[error(
@@ -139,9 +139,15 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
         .load(object())
         .map_err(LoadError::Load)?;
     for name in [PROG_INGRESS, PROG_EGRESS] {
-        classifier(&mut ebpf, name)?
-            .load()
-            .map_err(|source| LoadError::Program { name, source })?;
+        let prog = classifier(&mut ebpf, name)?;
+        prog.load().map_err(|source| LoadError::Program { name, source: Box::new(source) })?;
+        if let Ok(info) = prog.info() {
+            debug!(
+                "loaded {name}: {} bytes translated, verifier processed {} instructions",
+                info.size_translated().unwrap_or(0),
+                info.verified_instruction_count().unwrap_or(0)
+            );
+        }
     }
     Ok(ebpf)
 }
@@ -154,7 +160,7 @@ pub fn classifier<'a>(
     ebpf.program_mut(name)
         .ok_or(LoadError::MissingProgram { name })?
         .try_into()
-        .map_err(|source| LoadError::Program { name, source })
+        .map_err(|source| LoadError::Program { name, source: Box::new(source) })
 }
 
 /// What [`Attachment::attach`] did to an interface, so it can be undone.
@@ -236,8 +242,12 @@ impl Attachment {
     ) -> Result<(), LoadError> {
         let iface = self.iface.clone();
         let direction = hook_name(kind);
-        let attach_err =
-            |source| LoadError::Attach { name, iface: iface.clone(), direction, source };
+        let attach_err = |source| LoadError::Attach {
+            name,
+            iface: iface.clone(),
+            direction,
+            source: Box::new(source),
+        };
 
         let options = if use_tcx {
             if let Some(prog_id) = tcx_program_named(&iface, kind, name) {
@@ -275,7 +285,10 @@ impl Attachment {
         for hook in self.hooks.drain(..) {
             let direction = hook_name(hook.kind);
             match classifier(ebpf, hook.name).and_then(|p| {
-                p.detach(hook.link).map_err(|source| LoadError::Program { name: hook.name, source })
+                p.detach(hook.link).map_err(|source| LoadError::Program {
+                    name: hook.name,
+                    source: Box::new(source),
+                })
             }) {
                 Ok(()) => info!("detached {} from {} {direction}", hook.name, self.iface),
                 Err(e) => warn!("detach {} from {} {direction}: {e}", hook.name, self.iface),

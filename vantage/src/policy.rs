@@ -484,7 +484,9 @@ mod tests {
         use ValidationMode::{Permissive as P, Strict as S};
         let predict = "4021474487";
         // (selector, mode, Ok(key parts) or Err)
-        let ok: &[(RawSelector, ValidationMode, (u8, u16, u8, u32), usize)] = &[
+        // (selector, mode, expected (proto, port, method, hash), warning count)
+        type Case = (RawSelector, ValidationMode, (u8, u16, u8, u32), usize);
+        let ok: &[Case] = &[
             (raw(None, None, None, None), S, (0, 0, 0, 0), 0),
             (raw(Some("tcp"), Some("80"), None, None), S, (6, 80, 0, 0), 0),
             (raw(Some("UDP"), Some("53"), None, None), S, (17, 53, 0, 0), 0),

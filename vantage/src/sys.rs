@@ -34,7 +34,7 @@ pub fn delete_clsact(iface: &str) -> io::Result<()> {
     msg.extend_from_slice(&0xffff_fff1u32.to_ne_bytes()); // parent TC_H_CLSACT
     msg.extend_from_slice(&0u32.to_ne_bytes());
     msg.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-    msg.extend_from_slice(&(libc::TCA_KIND as u16).to_ne_bytes());
+    msg.extend_from_slice(&libc::TCA_KIND.to_ne_bytes());
     msg.extend_from_slice(KIND);
     msg.resize(total, 0);
 
