@@ -38,6 +38,8 @@ pub const MAX_BODY_BYTES: u64 = 16 * 1024;
 pub const MAX_URL_BYTES: usize = 4096;
 /// Worker threads answering requests.
 pub const WORKERS: usize = 4;
+/// A connection that sends or accepts nothing for this long is closed.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings and shared state the handlers need.
 pub struct ApiContext<D: Dataplane> {
@@ -45,6 +47,8 @@ pub struct ApiContext<D: Dataplane> {
     pub owner: Owner<D>,
     /// `--policy-validation-mode`.
     pub validation: ValidationMode,
+    /// Bearer token every endpoint but /metrics requires, when set.
+    pub token: Option<String>,
     /// Data for /metrics and /debug/snapshot.
     pub observe: snapshot::Observed,
 }
@@ -105,7 +109,9 @@ pub fn serve<D: Dataplane + 'static>(
     ctx: ApiContext<D>,
     stop: Arc<AtomicBool>,
 ) -> Result<Vec<JoinHandle<()>>, std::io::Error> {
-    let server = Arc::new(Server::http(addr).map_err(std::io::Error::other)?);
+    let listener = std::net::TcpListener::bind(addr)?;
+    set_io_timeouts(&listener)?;
+    let server = Arc::new(Server::from_listener(listener, None).map_err(std::io::Error::other)?);
     let ctx = Arc::new(ctx);
     let mut workers = Vec::new();
     for i in 0..WORKERS {
@@ -123,9 +129,64 @@ pub fn serve<D: Dataplane + 'static>(
     Ok(workers)
 }
 
+/// Sets receive and send timeouts on the listening socket; Linux copies
+/// them to every accepted socket (`sk_clone_lock` clones the whole sock), so
+/// tiny_http's connection threads give up on clients that stall, which
+/// bounds how long a slow or idle client can hold one.
+fn set_io_timeouts(listener: &std::net::TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval { tv_sec: IO_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: a valid socket and a timeval of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whether `req` carries the configured bearer token. Compared in constant
+/// time so response timing does not reveal how much of a guess was right.
+fn authorized<D: Dataplane>(ctx: &ApiContext<D>, req: &Request) -> bool {
+    let Some(token) = &ctx.token else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 fn respond<D: Dataplane + 'static>(ctx: &ApiContext<D>, mut req: Request) {
     let method = req.method().clone();
     let url = req.url().to_owned();
+    let path = url.split('?').next().unwrap_or_default().trim_end_matches('/');
+    if path != "/metrics" && !authorized(ctx, &req) {
+        let r = json_response(401, &json!({ "error": "unauthorized" }))
+            .with_header(header("WWW-Authenticate", "Bearer"));
+        let _ = req.respond(r);
+        return;
+    }
     let body = read_body(&mut req);
     let result = body.and_then(|body| route(ctx, &method, &url, &body));
     let response = match result {
@@ -219,8 +280,19 @@ pub fn route<D: Dataplane + 'static>(
             Method::Get => Ok(Reply::Json(200, snapshot::render(ctx)?)),
             _ => Err(not_allowed("GET")),
         },
+        ["debug", "audit"] => match method {
+            Method::Get => audit(ctx),
+            _ => Err(not_allowed("GET")),
+        },
         _ => Err(ApiError::new(404, format!("no such endpoint: {path}"))),
     }
+}
+
+/// Compares the kernel maps with the daemon's view of them.
+fn audit<D: Dataplane + 'static>(ctx: &ApiContext<D>) -> Result<Reply, ApiError> {
+    let diffs =
+        ctx.owner.call(|s| s.audit())?.map_err(|e| ApiError::new(500, crate::error_chain(&e)))?;
+    Ok(Reply::Json(200, json!({ "consistent": diffs.is_empty(), "differences": diffs })))
 }
 
 fn tenant(s: &str) -> Result<TenantId, ApiError> {
@@ -586,6 +658,14 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
 
     #[test]
     fn percent_decoding() {

@@ -132,6 +132,21 @@ pub struct Cli {
           value_parser = RangedU64ValueParser::<u64>::new().range(1..=3_600_000))]
     pub identity_ttl_ms: u64,
 
+    /// Bearer token required on every endpoint except /metrics. Prefer
+    /// --api-token-file: a flag's value is visible in the process list.
+    #[arg(
+        long,
+        env = "VANTAGE_API_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "api_token_file"
+    )]
+    #[serde(skip)]
+    pub api_token: Option<String>,
+
+    /// File holding the API bearer token (first line), for systemd credentials.
+    #[arg(long, env = "VANTAGE_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
     /// Log filter (error, warn, info, debug, trace, or env_logger syntax).
     #[arg(long, env = "VANTAGE_LOG", default_value = "info")]
     pub log_level: String,

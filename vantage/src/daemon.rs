@@ -63,6 +63,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The API token could not be read or is empty.
+    #[error("API token: {0}")]
+    Token(String),
     /// A thread or signal operation failed.
     #[error("{what}")]
     Io {
@@ -95,6 +98,7 @@ fn is_raw_ip(iface: &str) -> bool {
 pub fn run(cli: Cli) -> Result<(), DaemonError> {
     let started = Instant::now();
     prereq::check(&cli.iface)?;
+    let token = api_token(&cli)?;
     let saved = state::load(&cli.state_file)?;
     let offsets = CgroupIdOffsets::from_btf(&KernelBtf::from_sys_fs()?)?;
 
@@ -125,7 +129,7 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
     let mut attachment = Attachment::attach(&mut ebpf, &cli.iface, cli.direction, cli.attach_mode)?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let result = serve(&cli, owner, stop.clone(), ring, started);
+    let result = serve(&cli, owner, stop.clone(), ring, started, token);
 
     // Shutdown, in reverse: threads first (the controller's own cleanup
     // needs the owner), then the owner, then the hooks.
@@ -149,6 +153,25 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// The API token from `--api-token` or `--api-token-file`, if any.
+fn api_token(cli: &Cli) -> Result<Option<String>, DaemonError> {
+    let token = match (&cli.api_token, &cli.api_token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| DaemonError::Token(format!("read {}: {e}", path.display())))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty() {
+        return Err(DaemonError::Token("the token is empty".into()));
+    }
+    Ok(Some(token))
+}
+
 /// Starts the serving threads, waits for a shutdown signal, stops the
 /// adaptive controller; returns the threads still to join.
 fn serve(
@@ -157,6 +180,7 @@ fn serve(
     stop: Arc<AtomicBool>,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     started: Instant,
+    token: Option<String>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, DaemonError> {
     let mut threads = Vec::new();
 
@@ -185,6 +209,7 @@ fn serve(
     let ctx = ApiContext {
         owner: owner.clone(),
         validation: cli.policy_validation_mode,
+        token: token.clone(),
         observe: Observed {
             cpu,
             events: stats,
@@ -209,9 +234,10 @@ fn serve(
             .map_err(|source| DaemonError::Listen { addr: cli.bind_addr, source })?,
     );
     info!("api listening on http://{}", cli.bind_addr);
-    if !cli.bind_addr.ip().is_loopback() {
+    if !cli.bind_addr.ip().is_loopback() && token.is_none() {
         warn!(
-            "the API on {} is reachable from the network and has no authentication",
+            "UNAUTHENTICATED API: {} is reachable from the network and anyone who can connect \
+             can change policies; set --api-token-file or bind to 127.0.0.1",
             cli.bind_addr
         );
     }

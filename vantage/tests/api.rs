@@ -59,7 +59,10 @@ fn every_endpoint_answers_with_its_documented_shape() {
     let ns = Netns::new();
     let d = Daemon::start(&ns, &["--iface", "lo"], &[]);
 
-    let body = with(policy(10, 5), json!({"proto": "tcp", "dst_port": 8080, "http_method": "GET", "http_path": "/predict"}));
+    let body = with(
+        policy(10, 5),
+        json!({"proto": "tcp", "dst_port": 8080, "http_method": "GET", "http_path": "/predict"}),
+    );
     let (status, v) = put(&d, &format!("cg:{T}"), body.clone());
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["tenant"], format!("cg:{T}"));
@@ -95,8 +98,12 @@ fn every_endpoint_answers_with_its_documented_shape() {
 
     let (status, v) = d.http_json("GET", &format!("/tenancy/cg:{T}/essential"), None);
     assert_eq!((status, v["essential"].clone()), (200, json!(false)));
-    let (status, v) = d.http_json("PUT", &format!("/tenancy/cg:{T}/essential"), Some(r#"{"essential":true}"#));
-    assert_eq!((status, v["essential"].clone(), v["source"].clone()), (200, json!(true), json!("api")));
+    let (status, v) =
+        d.http_json("PUT", &format!("/tenancy/cg:{T}/essential"), Some(r#"{"essential":true}"#));
+    assert_eq!(
+        (status, v["essential"].clone(), v["source"].clone()),
+        (200, json!(true), json!("api"))
+    );
 
     let (status, v) = d.http_json("DELETE", &format!("/policy/cg:{T}?{q}"), None);
     assert_eq!(status, 200, "{v}");
@@ -105,11 +112,20 @@ fn every_endpoint_answers_with_its_documented_shape() {
 
     let (status, v) = d.http_json("GET", "/debug/snapshot", None);
     assert_eq!(status, 200);
-    for field in ["counters", "host", "top_tenants_by_drops", "adaptive", "policies", "drop_events"] {
+    for field in ["counters", "host", "top_tenants_by_drops", "adaptive", "policies", "drop_events"]
+    {
         assert!(!v[field].is_null(), "snapshot lacks {field}: {v}");
     }
     for dir in ["ingress", "egress"] {
-        for c in ["seen", "admitted", "dropped", "fail_open_parse", "fail_open_internal", "no_tenant", "no_policy"] {
+        for c in [
+            "seen",
+            "admitted",
+            "dropped",
+            "fail_open_parse",
+            "fail_open_internal",
+            "no_tenant",
+            "no_policy",
+        ] {
             assert!(v["counters"][dir][c].is_u64(), "counters.{dir}.{c}: {v}");
         }
     }
@@ -118,7 +134,10 @@ fn every_endpoint_answers_with_its_documented_shape() {
     let a = &v["adaptive"];
     assert_eq!(a["enabled"], false);
     assert_eq!(a["throttling"], false);
-    assert_eq!((a["high_watermark_percent"].clone(), a["low_watermark_percent"].clone()), (json!(90), json!(80)));
+    assert_eq!(
+        (a["high_watermark_percent"].clone(), a["low_watermark_percent"].clone()),
+        (json!(90), json!(80))
+    );
     assert_eq!(a["tick_ms"], 1000);
     assert_eq!(a["adaptive_managed_override_count"], 0);
 }
@@ -137,7 +156,11 @@ fn overlapping_policies_report_precedence_shadowing_and_fallbacks() {
         (json!({"proto": "tcp"}), 9, "base_port_method_path_wildcard"),
         (json!({"proto": "tcp", "dst_port": 80}), 8, "base_method_path_wildcard"),
         (json!({"proto": "tcp", "dst_port": 80, "http_method": "POST"}), 7, "base_path_wildcard"),
-        (json!({"proto": "tcp", "dst_port": 80, "http_method": "POST", "http_path": "/x"}), 6, "base_exact"),
+        (
+            json!({"proto": "tcp", "dst_port": 80, "http_method": "POST", "http_path": "/x"}),
+            6,
+            "base_exact",
+        ),
     ];
     for (sel, level, name) in &levels {
         let (status, v) = put(&d, &t, with(policy(100, 10), sel.clone()));
@@ -216,31 +239,116 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_change_nothing() {
     let before_state = std::fs::read(&d.state_file).expect("state file written");
     let (_, before_list) = d.http_json("GET", "/policy/cg:7", None);
 
-    let big = format!(r#"{{"rate_tokens_per_sec":1,"burst_tokens":1,"enabled":true,"pad":"{}"}}"#, "x".repeat(20_000));
+    let big = format!(
+        r#"{{"rate_tokens_per_sec":1,"burst_tokens":1,"enabled":true,"pad":"{}"}}"#,
+        "x".repeat(20_000)
+    );
     let nested = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
-    let p = |extra: &str| format!(r#"{{"rate_tokens_per_sec":10,"burst_tokens":5,"enabled":true{extra}}}"#);
+    let p = |extra: &str| {
+        format!(r#"{{"rate_tokens_per_sec":10,"burst_tokens":5,"enabled":true{extra}}}"#)
+    };
     // (method, path, body, status, a word the error must contain)
     let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
         ("PUT", "/policy/cg:7".into(), Some("{".into()), 400, "malformed JSON"),
         ("PUT", "/policy/cg:7".into(), Some("[1,2]".into()), 400, "JSON object"),
         ("PUT", "/policy/cg:7".into(), Some(String::new()), 400, "empty"),
         ("PUT", "/policy/cg:7".into(), Some(nested), 400, "malformed JSON"),
-        ("PUT", "/policy/cg:7".into(), Some(r#"{"burst_tokens":5,"enabled":true}"#.into()), 400, "rate_tokens_per_sec"),
-        ("PUT", "/policy/cg:7".into(), Some(r#"{"rate_tokens_per_sec":5,"enabled":true}"#.into()), 400, "burst_tokens"),
-        ("PUT", "/policy/cg:7".into(), Some(r#"{"rate_tokens_per_sec":5,"burst_tokens":5}"#.into()), 400, "enabled"),
-        ("PUT", "/policy/cg:7".into(), Some(r#"{"rate_tokens_per_sec":-5,"burst_tokens":5,"enabled":true}"#.into()), 400, "rate_tokens_per_sec"),
-        ("PUT", "/policy/cg:7".into(), Some(r#"{"rate_tokens_per_sec":5,"burst_tokens":-1,"enabled":true}"#.into()), 400, "burst_tokens"),
-        ("PUT", "/policy/cg:7".into(), Some(r#"{"rate_tokens_per_sec":0,"burst_tokens":5,"enabled":true}"#.into()), 400, "rate_tokens_per_sec"),
-        ("PUT", "/policy/cg:7".into(), Some(r#"{"rate_tokens_per_sec":1.5,"burst_tokens":5,"enabled":true}"#.into()), 400, "rate_tokens_per_sec"),
-        ("PUT", "/policy/cg:7".into(), Some(r#"{"rate_tokens_per_sec":"5","burst_tokens":5,"enabled":true}"#.into()), 400, "rate_tokens_per_sec"),
-        ("PUT", "/policy/cg:7".into(), Some(r#"{"rate_tokens_per_sec":5,"burst_tokens":5,"enabled":"yes"}"#.into()), 400, "enabled"),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(r#"{"burst_tokens":5,"enabled":true}"#.into()),
+            400,
+            "rate_tokens_per_sec",
+        ),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(r#"{"rate_tokens_per_sec":5,"enabled":true}"#.into()),
+            400,
+            "burst_tokens",
+        ),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(r#"{"rate_tokens_per_sec":5,"burst_tokens":5}"#.into()),
+            400,
+            "enabled",
+        ),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(r#"{"rate_tokens_per_sec":-5,"burst_tokens":5,"enabled":true}"#.into()),
+            400,
+            "rate_tokens_per_sec",
+        ),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(r#"{"rate_tokens_per_sec":5,"burst_tokens":-1,"enabled":true}"#.into()),
+            400,
+            "burst_tokens",
+        ),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(r#"{"rate_tokens_per_sec":0,"burst_tokens":5,"enabled":true}"#.into()),
+            400,
+            "rate_tokens_per_sec",
+        ),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(r#"{"rate_tokens_per_sec":1.5,"burst_tokens":5,"enabled":true}"#.into()),
+            400,
+            "rate_tokens_per_sec",
+        ),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(r#"{"rate_tokens_per_sec":"5","burst_tokens":5,"enabled":true}"#.into()),
+            400,
+            "rate_tokens_per_sec",
+        ),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(r#"{"rate_tokens_per_sec":5,"burst_tokens":5,"enabled":"yes"}"#.into()),
+            400,
+            "enabled",
+        ),
         ("PUT", "/policy/cg:7".into(), Some(p(r#","proto":"sctp""#)), 400, "proto"),
         ("PUT", "/policy/cg:7".into(), Some(p(r#","proto":300"#)), 400, "proto"),
-        ("PUT", "/policy/cg:7".into(), Some(p(r#","proto":"udp","dst_port":70000"#)), 400, "dst_port"),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(p(r#","proto":"udp","dst_port":70000"#)),
+            400,
+            "dst_port",
+        ),
         ("PUT", "/policy/cg:7".into(), Some(p(r#","proto":"udp","dst_port":-1"#)), 400, "dst_port"),
-        ("PUT", "/policy/cg:7".into(), Some(p(r#","proto":"tcp","dst_port":80,"http_method":"FETCH""#)), 400, "http_method"),
-        ("PUT", "/policy/cg:7".into(), Some(p(r#","proto":"tcp","dst_port":80,"http_method":"GET","http_path":"nope""#)), 400, "http_path"),
-        ("PUT", "/policy/cg:7".into(), Some(p(r#","proto":"tcp","dst_port":80,"http_method":"GET","http_path":"/a","http_path_hash":1"#)), 400, "http_path_hash"),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(p(r#","proto":"tcp","dst_port":80,"http_method":"FETCH""#)),
+            400,
+            "http_method",
+        ),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(p(r#","proto":"tcp","dst_port":80,"http_method":"GET","http_path":"nope""#)),
+            400,
+            "http_path",
+        ),
+        (
+            "PUT",
+            "/policy/cg:7".into(),
+            Some(p(
+                r#","proto":"tcp","dst_port":80,"http_method":"GET","http_path":"/a","http_path_hash":1"#,
+            )),
+            400,
+            "http_path_hash",
+        ),
         ("PUT", "/policy/cg:7".into(), Some(p(r#","colour":"red""#)), 400, "unknown field colour"),
         ("PUT", "/policy/cg:abc".into(), Some(p("")), 400, "invalid tenant"),
         ("PUT", "/policy/0".into(), Some(p("")), 400, "invalid tenant"),
@@ -253,16 +361,36 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_change_nothing() {
         ("DELETE", "/policy/cg:7?colour=red".into(), None, 400, "unknown query parameter"),
         ("DELETE", "/policy/cg:7?dst_port=99999".into(), None, 400, "dst_port"),
         ("GET", "/policy/cg:7/resolve?http_path=%zz".into(), None, 400, "percent"),
-        ("PUT", "/tenancy/cg:7/essential".into(), Some(r#"{"essential":"yes"}"#.into()), 400, "essential"),
-        ("PUT", "/tenancy/cg:7/essential".into(), Some("{}".into()), 400, "missing field essential"),
-        ("PUT", "/tenancy/nobody/essential".into(), Some(r#"{"essential":true}"#.into()), 400, "invalid tenant"),
+        (
+            "PUT",
+            "/tenancy/cg:7/essential".into(),
+            Some(r#"{"essential":"yes"}"#.into()),
+            400,
+            "essential",
+        ),
+        (
+            "PUT",
+            "/tenancy/cg:7/essential".into(),
+            Some("{}".into()),
+            400,
+            "missing field essential",
+        ),
+        (
+            "PUT",
+            "/tenancy/nobody/essential".into(),
+            Some(r#"{"essential":true}"#.into()),
+            400,
+            "invalid tenant",
+        ),
     ];
     assert!(cases.len() >= 25);
     for (method, path, body, status, word) in &cases {
         let (got, text) = d.http(method, path, body.as_deref());
         assert_eq!(got, *status, "{method} {path}: {text}");
-        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"));
-        let msg = v["error"].as_str().unwrap_or_else(|| panic!("{method} {path}: no error field: {v}"));
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"));
+        let msg =
+            v["error"].as_str().unwrap_or_else(|| panic!("{method} {path}: no error field: {v}"));
         assert!(msg.contains(word), "{method} {path}: {msg:?} should mention {word:?}");
     }
 
@@ -272,6 +400,8 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_change_nothing() {
     let (_, v) = d.http_json("GET", "/tenancy/cg:7/essential", None);
     assert_eq!(v["essential"], false);
     assert!(d.try_wait().is_none(), "the daemon survived: {}", d.log());
+    let (_, v) = d.http_json("GET", "/debug/audit", None);
+    assert_eq!(v["consistent"], true, "kernel maps equal the API's view: {v}");
 }
 
 #[test]
@@ -286,18 +416,32 @@ fn metrics_pass_promtool_and_carry_tenants_only_when_dimensional() {
             args.push("--metrics-dimensional-enabled");
         }
         let d = Daemon::start(&ns, &args, &[]);
-        assert_eq!(put(&d, "cg:31", with(policy(5, 5), json!({"proto": "tcp", "dst_port": 80}))).0, 201);
+        assert_eq!(
+            put(&d, "cg:31", with(policy(5, 5), json!({"proto": "tcp", "dst_port": 80}))).0,
+            201
+        );
         assert_eq!(put(&d, "cg:32", policy(5, 5)).0, 201);
         let (status, text) = d.http("GET", "/metrics", None);
         assert_eq!(status, 200);
         promtool(&text);
-        for family in ["vantage_packets_total", "vantage_fail_open_total", "vantage_policies", "vantage_tenants", "vantage_drop_events_total"] {
+        for family in [
+            "vantage_packets_total",
+            "vantage_fail_open_total",
+            "vantage_policies",
+            "vantage_tenants",
+            "vantage_drop_events_total",
+        ] {
             assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing");
         }
         assert!(text.contains("vantage_tenants 2"), "{text}");
         assert_eq!(text.contains("tenant=\""), dimensional, "tenant labels only when dimensional");
         if dimensional {
-            assert!(text.contains(r#"tenant="cg:31",proto="tcp",port="80",method="any",path_hash="0",level="8""#), "{text}");
+            assert!(
+                text.contains(
+                    r#"tenant="cg:31",proto="tcp",port="80",method="any",path_hash="0",level="8""#
+                ),
+                "{text}"
+            );
         }
     }
 }
@@ -313,7 +457,10 @@ fn state_survives_a_restart_and_a_corrupt_file_is_refused() {
     let args = ["--iface", "lo", "--state-file", state.to_str().expect("utf-8")];
 
     let mut d = Daemon::start(&ns, &args, &[]);
-    assert_eq!(put(&d, "cg:51", with(policy(7, 3), json!({"proto": "udp", "dst_port": 5353}))).0, 201);
+    assert_eq!(
+        put(&d, "cg:51", with(policy(7, 3), json!({"proto": "udp", "dst_port": 5353}))).0,
+        201
+    );
     assert_eq!(put(&d, "cg:52", with(policy(9, 1), json!({"enabled": false}))).0, 201);
     assert_eq!(put(&d, "cg:53", with(policy(1, 1), json!({"runtime_override": true}))).0, 201);
     d.http_json("PUT", "/tenancy/cg:51/essential", Some(r#"{"essential":true}"#));
@@ -331,9 +478,68 @@ fn state_survives_a_restart_and_a_corrupt_file_is_refused() {
     drop(d);
 
     std::fs::write(&state, "{\"version\": 1, \"policies\": [").expect("corrupt it");
-    let (status, log) = Daemon::try_start(&ns, &args, &[]).err().expect("corrupt state must stop start-up");
+    let (status, log) =
+        Daemon::try_start(&ns, &args, &[]).expect_err("corrupt state must stop start-up");
     assert!(!status.success());
     assert!(log.contains("is corrupt"), "{log}");
-    assert_eq!(std::fs::read_to_string(&state).expect("still there"), "{\"version\": 1, \"policies\": [");
+    assert_eq!(
+        std::fs::read_to_string(&state).expect("still there"),
+        "{\"version\": 1, \"policies\": ["
+    );
     assert!(common::tcx_program_names(&ns, "lo", true).is_empty(), "refused before attaching");
+}
+
+#[test]
+fn a_token_guards_everything_but_metrics() {
+    if !common::prerequisites() {
+        return;
+    }
+    let ns = Netns::new();
+    let dir = TempDir::new();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-token\n").expect("write token");
+    let d = Daemon::start(
+        &ns,
+        &["--iface", "lo", "--api-token-file", token_file.to_str().expect("utf-8")],
+        &[],
+    );
+    let body = policy(5, 5).to_string();
+    for (method, path, body) in [
+        ("PUT", "/policy/cg:3", Some(body.as_str())),
+        ("GET", "/policy/cg:3/resolve", None),
+        ("GET", "/debug/snapshot", None),
+        ("GET", "/tenancy/cg:3/essential", None),
+        ("GET", "/nowhere", None),
+    ] {
+        let (status, text) = d.http(method, path, body);
+        assert_eq!(status, 401, "{method} {path} without a token: {text}");
+        assert_eq!(
+            text.trim(),
+            r#"{
+  "error": "unauthorized"
+}"#
+        );
+    }
+    let (status, _) = d.http("GET", "/metrics", None);
+    assert_eq!(status, 200, "metrics stay open for scrapers");
+
+    let authed = |method: &str, path: &str, token: &str, body: Option<&str>| {
+        let mut s = std::net::TcpStream::connect(d.api).expect("connect");
+        let body = body.unwrap_or("");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send");
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).expect("read");
+        out.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).expect("status")
+    };
+    let _in_ns = ns.enter_current_thread();
+    assert_eq!(authed("PUT", "/policy/cg:3", "s3cret-token", Some(&body)), 201);
+    assert_eq!(authed("GET", "/debug/snapshot", "s3cret-token", None), 200);
+    assert_eq!(authed("GET", "/debug/snapshot", "s3cret-tokeN", None), 401);
+    assert_eq!(authed("GET", "/debug/snapshot", "", None), 401);
 }
