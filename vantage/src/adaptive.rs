@@ -386,6 +386,62 @@ mod tests {
         assert!(st.state().policies.iter().all(|p| p.spec != spec(100)));
     }
 
+    /// A sampler the test feeds one reading at a time.
+    struct Fed(Receiver<HostSample>);
+
+    impl Sampler for Fed {
+        fn sample(&mut self) -> io::Result<HostSample> {
+            self.0.recv().map_err(|_| io::Error::other("test over"))
+        }
+    }
+
+    #[test]
+    fn the_controller_thread_enters_holds_and_leaves_on_the_samplers_word() {
+        let (owner, store_thread) = Owner::spawn(store_with(&[1, 2])).expect("owner");
+        let throttle = spec(100);
+        let status = Arc::new(Status::new(
+            true,
+            Watermarks::new(90, 80),
+            Duration::from_millis(5),
+            throttle,
+        ));
+        // Rendezvous: a send returns once the controller has taken the reading.
+        let (feed, fed) = bounded(0);
+        let (stop, stop_rx) = bounded::<()>(1);
+        let thread =
+            spawn(owner.clone(), status.clone(), Box::new(Fed(fed)), stop_rx).expect("controller");
+
+        let owned = |owner: &Owner<MemoryMaps>| {
+            owner.call(|s| s.adaptive_owned_count()).expect("owner alive")
+        };
+        // (reading, throttling after it, overrides owned after it)
+        let script = [
+            (s(50.0, 50.0), false, 0),
+            (s(95.0, 10.0), true, 2),
+            (s(85.0, 10.0), true, 2),
+            (s(10.0, 85.0), true, 2),
+            (s(80.0, 80.0), false, 0),
+            (s(10.0, 91.0), true, 2),
+        ];
+        for (i, (reading, throttling, n)) in script.into_iter().enumerate() {
+            feed.send(reading).expect("feed");
+            // The next reading is only taken after this one was acted on.
+            feed.send(reading).expect("feed");
+            assert_eq!(status.throttling(), throttling, "step {i}: {reading:?}");
+            assert_eq!(owned(&owner), n, "step {i}");
+        }
+        assert_eq!(status.to_json()["transitions"], 3);
+
+        // Stopping while throttling removes every override it owns.
+        drop(stop);
+        drop(feed);
+        thread.join().expect("controller exits");
+        assert_eq!(owned(&owner), 0);
+        drop(owner);
+        let store = store_thread.join().expect("owner exits");
+        assert_eq!(store.policies().len(MapKind::Override), 0);
+    }
+
     #[test]
     fn an_operator_write_takes_an_override_over() {
         let mut st = store_with(&[1]);

@@ -112,7 +112,9 @@ fn check(c: &mut Classifier, name: &str, pkt: &[u8], want: Expect) {
             assert_eq!(delta(reason), 1, "{name}: {reason:?} counted");
         }
     }
-    for other in [Counter::FailOpenParse, Counter::FailOpenInternal, Counter::NoTenant, Counter::NoPolicy] {
+    for other in
+        [Counter::FailOpenParse, Counter::FailOpenInternal, Counter::NoTenant, Counter::NoPolicy]
+    {
         if want != Expect::Admit(other) {
             assert_eq!(delta(other), 0, "{name}: {other:?} must not move");
         }
@@ -158,7 +160,11 @@ fn crafted_packets_get_the_expected_verdicts_and_counters() {
             Expect::Admit(Counter::NoTenant),
         ),
         ("udp6 to limited port", udp6().build(), Expect::Drop),
-        ("udp6 hop-by-hop + dest opts", udp6().ipv6_ext(0, 0).ipv6_ext(60, 1).build(), Expect::Drop),
+        (
+            "udp6 hop-by-hop + dest opts",
+            udp6().ipv6_ext(0, 0).ipv6_ext(60, 1).build(),
+            Expect::Drop,
+        ),
         ("udp6 routing header", udp6().ipv6_ext(43, 0).build(), Expect::Drop),
         ("udp6 first fragment", udp6().ipv6_fragment(0, true).build(), Expect::Drop),
         (
@@ -166,18 +172,42 @@ fn crafted_packets_get_the_expected_verdicts_and_counters() {
             Pkt::ipv6(LO6, LO6).ipv6_fragment(64, false).payload(&[0; 16]).build(),
             Expect::Admit(Counter::NoTenant),
         ),
-        ("udp to a port nobody owns", Pkt::ipv4(LO4, LO4).udp(1, 9).build(), Expect::Admit(Counter::NoTenant)),
+        (
+            "udp to a port nobody owns",
+            Pkt::ipv4(LO4, LO4).udp(1, 9).build(),
+            Expect::Admit(Counter::NoTenant),
+        ),
         ("icmp has no owner", Pkt::ipv4(LO4, LO4).icmp().build(), Expect::Admit(Counter::NoTenant)),
-        ("http GET /predict", tcp4(b"GET /predict HTTP/1.1\r\nHost: x\r\n\r\n").build(), Expect::Drop),
+        (
+            "http GET /predict",
+            tcp4(b"GET /predict HTTP/1.1\r\nHost: x\r\n\r\n").build(),
+            Expect::Drop,
+        ),
         ("http GET /predict?q", tcp4(b"GET /predict?x=1 HTTP/1.1\r\n\r\n").build(), Expect::Drop),
         ("http path ends with payload", tcp4(b"GET /predict").build(), Expect::Drop),
         ("http over a vlan", tcp4(b"GET /predict HTTP/1.0\r\n\r\n").vlan(7).build(), Expect::Drop),
-        ("http other path", tcp4(b"GET /other HTTP/1.1\r\n\r\n").build(), Expect::Admit(Counter::NoPolicy)),
-        ("http other method", tcp4(b"POST /predict HTTP/1.1\r\n\r\n").build(), Expect::Admit(Counter::NoPolicy)),
+        (
+            "http other path",
+            tcp4(b"GET /other HTTP/1.1\r\n\r\n").build(),
+            Expect::Admit(Counter::NoPolicy),
+        ),
+        (
+            "http other method",
+            tcp4(b"POST /predict HTTP/1.1\r\n\r\n").build(),
+            Expect::Admit(Counter::NoPolicy),
+        ),
         ("http cut mid path", tcp4(b"GET /pre").build(), Expect::Admit(Counter::NoPolicy)),
         ("http cut mid method", tcp4(b"GE").build(), Expect::Admit(Counter::NoPolicy)),
-        ("not http", tcp4(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc").build(), Expect::Admit(Counter::NoPolicy)),
-        ("tcp syn, no payload", Pkt::ipv4(LO4, LO4).tcp(50003, tcp_port, tcp_flags::SYN).build(), Expect::Admit(Counter::NoPolicy)),
+        (
+            "not http",
+            tcp4(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc").build(),
+            Expect::Admit(Counter::NoPolicy),
+        ),
+        (
+            "tcp syn, no payload",
+            Pkt::ipv4(LO4, LO4).tcp(50003, tcp_port, tcp_flags::SYN).build(),
+            Expect::Admit(Counter::NoPolicy),
+        ),
         (
             "dual-stack listener gets ipv4",
             Pkt::ipv4(LO4, LO4).tcp(50004, dual_port, tcp_flags::SYN).build(),
@@ -287,7 +317,9 @@ fn differential(legacy: bool, seed: u64) {
     for _round in 0..12 {
         // A random policy set, including unreachable and disabled entries.
         for kind in [MapKind::Override, MapKind::Base] {
-            for (flow, _) in c.store.policies().iter(kind).map(|(k, s)| (*k, *s)).collect::<Vec<_>>() {
+            for (flow, _) in
+                c.store.policies().iter(kind).map(|(k, s)| (*k, *s)).collect::<Vec<_>>()
+            {
                 c.store.remove(kind, flow).expect("clear");
             }
         }
@@ -302,7 +334,7 @@ fn differential(legacy: bool, seed: u64) {
                 rng.pick(&paths),
             );
             let kind = rng.pick(&[MapKind::Override, MapKind::Base]);
-            c.put(kind, k, 1_000_000, 1_000_000_000, rng.next() % 5 != 0);
+            c.put(kind, k, 1_000_000, 1_000_000_000, !rng.next().is_multiple_of(5));
         }
 
         for _ in 0..25 {
@@ -397,4 +429,39 @@ fn a_policy_update_keeps_its_bucket_and_counters() {
     // Disabling parks it: traffic passes, unlimited.
     c.put(MapKind::Base, k, 1, 100, false);
     assert_eq!(c.run(&pkt), TC_ACT_UNSPEC);
+}
+
+#[test]
+fn kernel_maps_have_the_layout_of_the_shared_types() {
+    if !common::prerequisites() {
+        return;
+    }
+    use std::mem::size_of;
+
+    use aya::maps::Map;
+    use vantage_common::{Config, Counters, IdentityEntry, IdentityKey};
+
+    let c = Classifier::load(false);
+    // The read-only globals: one array element holding CONFIG.
+    let rodata = c.ebpf.maps().find(|(name, _)| *name == ".rodata").expect(".rodata map").1;
+    let Map::Array(data) = rodata else { panic!(".rodata is not an array") };
+    let info = data.info().expect("map info");
+    assert_eq!(info.value_size() as usize, size_of::<Config>(), "CONFIG");
+
+    // Maps taken by the store are checked through the kernel's own record of
+    // them. Other tests load the same object concurrently; their maps of the
+    // same name have the same layout, so any match will do.
+    for (name, key, value) in [
+        ("POLICIES", size_of::<FlowKey>(), size_of::<PolicyValue>()),
+        ("OVERRIDES", size_of::<FlowKey>(), size_of::<PolicyValue>()),
+        ("TENANT_LEVELS", size_of::<u64>(), size_of::<u32>()),
+        ("IDENTITY", size_of::<IdentityKey>(), size_of::<IdentityEntry>()),
+        ("COUNTERS", size_of::<u32>(), size_of::<Counters>()),
+    ] {
+        let info = aya::maps::loaded_maps()
+            .filter_map(Result::ok)
+            .find(|m| m.name_as_str() == Some(name))
+            .unwrap_or_else(|| panic!("{name} is loaded"));
+        assert_eq!((info.key_size() as usize, info.value_size() as usize), (key, value), "{name}");
+    }
 }

@@ -38,7 +38,12 @@ fn policy_counts(d: &Daemon, tenant: u64, proto: &str, port: u16) -> (f64, f64) 
     let tenant = format!("cg:{tenant}");
     let port = port.to_string();
     let get = |outcome| {
-        let labels = [("tenant", tenant.as_str()), ("proto", proto), ("port", port.as_str()), ("outcome", outcome)];
+        let labels = [
+            ("tenant", tenant.as_str()),
+            ("proto", proto),
+            ("port", port.as_str()),
+            ("outcome", outcome),
+        ];
         metric(&text, "vantage_policy_packets_total", &labels).unwrap_or(0.0)
     };
     (get("admitted"), get("dropped"))
@@ -120,9 +125,21 @@ fn a_full_wildcard_catches_ports_without_their_own_and_disabled_policies_do_not_
     let other = common::udp_bound_in(&a, SocketAddr::from((LO, 7202)));
     let parked = common::udp_bound_in(&a, SocketAddr::from((LO, 7203)));
     let d = Daemon::start(&ns, &["--iface", "lo"], &[]);
-    put_policy(&d, a.id, &format!(r#"{{"rate_tokens_per_sec":{RATE},"burst_tokens":{BURST},"enabled":true}}"#));
-    put_policy(&d, a.id, r#"{"rate_tokens_per_sec":1000000,"burst_tokens":1000000,"enabled":true,"proto":"udp","dst_port":7201}"#);
-    put_policy(&d, a.id, r#"{"rate_tokens_per_sec":1,"burst_tokens":0,"enabled":false,"proto":"udp","dst_port":7203}"#);
+    put_policy(
+        &d,
+        a.id,
+        &format!(r#"{{"rate_tokens_per_sec":{RATE},"burst_tokens":{BURST},"enabled":true}}"#),
+    );
+    put_policy(
+        &d,
+        a.id,
+        r#"{"rate_tokens_per_sec":1000000,"burst_tokens":1000000,"enabled":true,"proto":"udp","dst_port":7201}"#,
+    );
+    put_policy(
+        &d,
+        a.id,
+        r#"{"rate_tokens_per_sec":1,"burst_tokens":0,"enabled":false,"proto":"udp","dst_port":7203}"#,
+    );
 
     let client = UdpSocket::bind(SocketAddr::from((LO, 0))).expect("client");
     let (c_own, c_other) = (Counter::start(own), Counter::start(other));
@@ -133,7 +150,8 @@ fn a_full_wildcard_catches_ports_without_their_own_and_disabled_policies_do_not_
     assert_near("wildcard, other port", got, expected(RATE, BURST, to_other.elapsed), 10.0);
 
     // The disabled burst-0 policy on 7203 is skipped: the wildcard applies.
-    let (status, v) = d.http_json("GET", &format!("/policy/cg:{}/resolve?proto=udp&dst_port=7203", a.id), None);
+    let (status, v) =
+        d.http_json("GET", &format!("/policy/cg:{}/resolve?proto=udp&dst_port=7203", a.id), None);
     assert_eq!(status, 200);
     assert_eq!(v["effective"]["level"], 10, "disabled policy skipped: {v}");
     drop(parked);
@@ -149,20 +167,32 @@ fn a_disabled_policy_does_not_limit() {
     let a = Cgroup::new();
     let sock = common::udp_bound_in(&a, SocketAddr::from((LO, 7301)));
     let d = Daemon::start(&ns, &["--iface", "lo"], &[]);
-    put_policy(&d, a.id, r#"{"rate_tokens_per_sec":1,"burst_tokens":0,"enabled":false,"proto":"udp","dst_port":7301}"#);
+    put_policy(
+        &d,
+        a.id,
+        r#"{"rate_tokens_per_sec":1,"burst_tokens":0,"enabled":false,"proto":"udp","dst_port":7301}"#,
+    );
     let client = UdpSocket::bind(SocketAddr::from((LO, 0))).expect("client");
     let c = Counter::start(sock.try_clone().expect("clone socket"));
     let sent = udp_flood(&client, SocketAddr::from((LO, 7301)), 500, Duration::from_secs(1));
     assert_eq!(c.finish(), sent.packets);
 
     // Enabling it takes effect on live traffic at once.
-    put_policy(&d, a.id, r#"{"rate_tokens_per_sec":1,"burst_tokens":0,"enabled":true,"proto":"udp","dst_port":7301}"#);
+    put_policy(
+        &d,
+        a.id,
+        r#"{"rate_tokens_per_sec":1,"burst_tokens":0,"enabled":true,"proto":"udp","dst_port":7301}"#,
+    );
     let (status, text) = d.http("GET", "/metrics", None);
     assert_eq!(status, 200);
-    let before = metric(&text, "vantage_packets_total", &[("direction", "ingress"), ("outcome", "dropped")]).unwrap_or(0.0);
+    let before =
+        metric(&text, "vantage_packets_total", &[("direction", "ingress"), ("outcome", "dropped")])
+            .unwrap_or(0.0);
     udp_flood(&client, SocketAddr::from((LO, 7301)), 500, Duration::from_millis(500));
     let (_, text) = d.http("GET", "/metrics", None);
-    let after = metric(&text, "vantage_packets_total", &[("direction", "ingress"), ("outcome", "dropped")]).unwrap_or(0.0);
+    let after =
+        metric(&text, "vantage_packets_total", &[("direction", "ingress"), ("outcome", "dropped")])
+            .unwrap_or(0.0);
     assert!(after - before >= 200.0, "enabled burst-0 policy drops: {before} -> {after}");
 }
 
@@ -230,14 +260,12 @@ fn start_up_failures_are_one_clear_line() {
     }
     let ns = Netns::new();
     let (status, log) = Daemon::try_start(&ns, &["--iface", "nosuch0"], &[])
-        .err()
-        .expect("a missing interface must stop start-up");
+        .expect_err("a missing interface must stop start-up");
     assert!(!status.success());
     assert!(log.contains("interface nosuch0 does not exist"), "{log}");
 
     let (status, log) = Daemon::try_start(&ns, &["--iface", "lo", "--direction", "up"], &[])
-        .err()
-        .expect("a bad flag must stop start-up");
+        .expect_err("a bad flag must stop start-up");
     assert!(!status.success());
     assert!(log.contains("--direction"), "{log}");
 
@@ -247,12 +275,10 @@ fn start_up_failures_are_one_clear_line() {
         &["--iface", "lo"],
         &[("VANTAGE_TEST_WRAP", "setpriv --reuid=65534 --regid=65534 --clear-groups")],
     )
-    .err()
-    .expect("an unprivileged start must fail");
+    .expect_err("an unprivileged start must fail");
     assert!(!status.success());
     assert!(log.contains("not privileged enough"), "{log}");
 }
-
 
 #[test]
 fn sampled_drops_are_logged_and_counted() {
@@ -268,7 +294,11 @@ fn sampled_drops_are_logged_and_counted() {
         &["--iface", "lo", "--drop-event-log-enabled", "--drop-event-sample-n", "10"],
         &[("VANTAGE_LOG", "info")],
     );
-    put_policy(&d, a.id, r#"{"rate_tokens_per_sec":1,"burst_tokens":0,"enabled":true,"proto":"udp","dst_port":7501}"#);
+    put_policy(
+        &d,
+        a.id,
+        r#"{"rate_tokens_per_sec":1,"burst_tokens":0,"enabled":true,"proto":"udp","dst_port":7501}"#,
+    );
     let client = UdpSocket::bind(SocketAddr::from((LO, 0))).expect("client");
     let c = Counter::start(sock);
     let sent = udp_flood(&client, SocketAddr::from((LO, 7501)), 1000, Duration::from_secs(1));
@@ -277,7 +307,8 @@ fn sampled_drops_are_logged_and_counted() {
 
     let (_, v) = d.http_json("GET", "/debug/snapshot", None);
     let ev = &v["drop_events"];
-    let (emitted, received) = (ev["emitted"].as_u64().unwrap_or(0), ev["received"].as_u64().unwrap_or(0));
+    let (emitted, received) =
+        (ev["emitted"].as_u64().unwrap_or(0), ev["received"].as_u64().unwrap_or(0));
     // 1 in 10 per CPU: between sent/10 and sent/10 + one per CPU.
     assert!(emitted >= sent.packets / 10 && emitted <= sent.packets / 10 + 4, "{ev} for {sent:?}");
     assert_eq!(received, emitted, "{ev}");
@@ -287,4 +318,58 @@ fn sampled_drops_are_logged_and_counted() {
     assert!(d.log().contains("by level 8 (base_method_path_wildcard)"), "{}", d.log());
     let (_, text) = d.http("GET", "/metrics", None);
     assert_eq!(metric(&text, "vantage_drop_events_received_total", &[]), Some(received as f64));
+}
+
+/// Pins the calling thread to one CPU.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(rc, 0, "pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[test]
+fn one_policy_hit_from_both_cpus_at_once_stays_exact() {
+    if !common::prerequisites() {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
+    let ns = Netns::new();
+    let _in_ns = ns.enter_current_thread();
+    let a = Cgroup::new();
+    let sock = common::udp_bound_in(&a, SocketAddr::from((LO, 7601)));
+    let d = Daemon::start(&ns, &["--iface", "lo"], &[]);
+    put_policy(&d, a.id, &limited("udp", 7601));
+
+    let count = Counter::start(sock);
+    let senders: Vec<_> = (0..cpus)
+        .map(|cpu| {
+            let ns_path = ns.path();
+            std::thread::spawn(move || {
+                // Loopback delivers on the sending CPU, so each sender's
+                // packets meet the classifier on its own CPU.
+                let f = std::fs::File::open(&ns_path).expect("open netns");
+                // SAFETY: setns on a valid namespace fd, for this thread only.
+                let rc =
+                    unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns");
+                pin_to_cpu(cpu);
+                let client = UdpSocket::bind(SocketAddr::from((LO, 0))).expect("client");
+                udp_flood(&client, SocketAddr::from((LO, 7601)), OFFERED_PPS / cpus as u64, SECS)
+            })
+        })
+        .collect();
+    let sent: Vec<_> = senders.into_iter().map(|t| t.join().expect("sender")).collect();
+    let got = count.finish() as f64;
+    let elapsed = sent.iter().map(|s| s.elapsed).max().unwrap_or_default();
+    assert_near(&format!("udp from {cpus} CPUs"), got, expected(RATE, BURST, elapsed), 10.0);
+
+    let (_, v) = d.http_json("GET", "/debug/snapshot", None);
+    eprintln!(
+        "compare-and-swap give-ups (fail-open): {}",
+        v["counters"]["ingress"]["fail_open_internal"]
+    );
 }
