@@ -23,6 +23,9 @@ pub const PROG_INGRESS: &str = "vantage_ingress";
 /// Name of the egress classifier program in the eBPF object.
 pub const PROG_EGRESS: &str = "vantage_egress";
 
+/// Name of the do-nothing classifier benchmarks compare against.
+pub const PROG_EMPTY: &str = "vantage_empty";
+
 /// Name of the base policy map (levels 6 to 10).
 pub const MAP_POLICIES: &str = "POLICIES";
 /// Name of the runtime override map (levels 1 to 5).

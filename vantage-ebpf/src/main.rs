@@ -64,6 +64,13 @@ pub fn vantage_egress(ctx: TcContext) -> i32 {
     classify(&ctx, Direction::Egress)
 }
 
+/// Does nothing and lets every packet through: the baseline benchmarks
+/// measure the real programs against, loaded only by them, never attached.
+#[classifier]
+pub fn vantage_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[inline(always)]
 fn classify(ctx: &TcContext, dir: Direction) -> i32 {
     let Some(c) = counters(dir) else {
