@@ -142,6 +142,44 @@ impl<D: Dataplane> PolicyStore<D> {
         Ok(up)
     }
 
+    /// Upserts every entry of `items`, all or nothing, persisting once.
+    /// Returns how many keys were new.
+    ///
+    /// # Errors
+    ///
+    /// The first failure; every entry applied before it is rolled back.
+    pub fn upsert_many(
+        &mut self,
+        items: &[(MapKind, FlowKey, PolicySpec)],
+    ) -> Result<usize, StoreError> {
+        let mut done: Vec<(MapKind, FlowKey, Option<PolicySpec>)> = Vec::with_capacity(items.len());
+        let path = self.state_path.take();
+        let mut result = Ok(());
+        for &(kind, key, spec) in items {
+            let old = self.set.get(kind, &key);
+            if let Err(e) = self.apply(kind, key, Some(spec)) {
+                result = Err(e);
+                break;
+            }
+            done.push((kind, key, old));
+        }
+        self.state_path = path;
+        if result.is_ok() {
+            result = self.persist_if(items.iter().any(|(k, _, _)| *k == MapKind::Base));
+        }
+        if let Err(e) = result {
+            for (kind, key, old) in done.into_iter().rev() {
+                self.undo(kind, key, old);
+            }
+            return Err(e);
+        }
+        for (kind, key, _) in items {
+            self.take_over(*kind, key);
+        }
+        info!("{} policies set in one batch", items.len());
+        Ok(done.iter().filter(|(_, _, old)| old.is_none()).count())
+    }
+
     fn upsert_inner(
         &mut self,
         kind: MapKind,
@@ -523,6 +561,25 @@ mod tests {
         assert!(store.audit().expect("audit").is_empty());
         assert!(store.set_essential(3, true).is_err());
         assert!(!store.is_essential(3));
+    }
+
+    #[test]
+    fn a_batch_is_all_or_nothing() {
+        let mut store = PolicyStore::new(MemoryMaps::new(3), None);
+        store.upsert(MapKind::Base, key(1, 80), spec(1, true)).expect("one");
+        let batch: Vec<_> = (81..84).map(|p| (MapKind::Base, key(1, p), spec(2, true))).collect();
+        // Three new keys do not fit next to the existing one.
+        assert!(matches!(store.upsert_many(&batch), Err(StoreError::Full(_))));
+        assert_eq!(store.policies().len(MapKind::Base), 1);
+        assert!(store.audit().expect("audit").is_empty());
+
+        let batch = [
+            (MapKind::Base, key(1, 80), spec(5, true)),
+            (MapKind::Base, key(1, 81), spec(5, true)),
+        ];
+        assert_eq!(store.upsert_many(&batch).expect("fits"), 1, "one new, one updated");
+        assert_eq!(store.policies().get(MapKind::Base, &key(1, 80)), Some(spec(5, true)));
+        assert!(store.audit().expect("audit").is_empty());
     }
 
     #[test]

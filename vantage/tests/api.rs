@@ -543,3 +543,45 @@ fn a_token_guards_everything_but_metrics() {
     assert_eq!(authed("GET", "/debug/snapshot", "s3cret-tokeN", None), 401);
     assert_eq!(authed("GET", "/debug/snapshot", "", None), 401);
 }
+
+#[test]
+fn a_batch_of_policies_is_applied_all_or_nothing() {
+    if !common::prerequisites() {
+        return;
+    }
+    let ns = Netns::new();
+    let d = Daemon::start(&ns, &["--iface", "lo", "--policy-capacity", "64"], &[]);
+    let item = |t: u64, port: u64| {
+        json!({"tenant": format!("cg:{t}"), "rate_tokens_per_sec": 10, "burst_tokens": 5,
+               "enabled": true, "proto": "udp", "dst_port": port})
+    };
+    let batch: Vec<Value> = (1..=40).map(|i| item(100 + i % 4, 1000 + i)).collect();
+    let (status, v) =
+        d.http_json("PUT", "/policies", Some(&json!({ "policies": batch }).to_string()));
+    assert_eq!(
+        (status, v["applied"].clone(), v["created"].clone()),
+        (200, json!(40), json!(40)),
+        "{v}"
+    );
+    let state = std::fs::read_to_string(&d.state_file).expect("state");
+    assert_eq!(state.matches("\"tenant\"").count(), 40, "persisted once, completely");
+
+    // One bad entry refuses the whole batch, naming it.
+    let mut bad: Vec<Value> = (1..=5).map(|i| item(200, 2000 + i)).collect();
+    bad[3]["dst_port"] = json!(70000);
+    let (status, v) =
+        d.http_json("PUT", "/policies", Some(&json!({ "policies": bad }).to_string()));
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().expect("error").starts_with("policies[3]: dst_port"), "{v}");
+
+    // A batch that does not fit is refused whole with 507.
+    let over: Vec<Value> = (1..=30).map(|i| item(300, 3000 + i)).collect();
+    let (status, v) =
+        d.http_json("PUT", "/policies", Some(&json!({ "policies": over }).to_string()));
+    assert_eq!(status, 507, "{v}");
+    let (_, v) = d.http_json("GET", "/policy/cg:300", None);
+    assert_eq!(v["policies"], json!([]), "nothing half-written");
+    let (_, v) = d.http_json("GET", "/debug/audit", None);
+    assert_eq!(v["consistent"], true, "{v}");
+    assert_eq!(std::fs::read_to_string(&d.state_file).expect("state"), state);
+}
