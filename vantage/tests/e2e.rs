@@ -269,6 +269,31 @@ fn start_up_failures_are_one_clear_line() {
     assert!(!status.success());
     assert!(log.contains("--direction"), "{log}");
 
+    // cgroup v2 and kernel BTF hidden in a private mount namespace.
+    let dir = common::TempDir::new();
+    let cg2 = common::cgroup2_mount().expect("cgroup2 mount");
+    for (name, hide, want) in [
+        ("nocg", format!("umount -l {}", cg2.display()), "cgroup v2 is not mounted"),
+        ("nobtf", "mount -t tmpfs none /sys/kernel/btf".to_owned(), "kernel BTF is missing"),
+    ] {
+        let script = dir.join(name);
+        std::fs::write(&script, format!("#!/bin/sh\nset -e\n{hide}\nexec \"$@\"\n"))
+            .expect("script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let wrap = format!("unshare --mount --propagation private {}", script.display());
+        let (status, log) =
+            Daemon::try_start(&ns, &["--iface", "lo"], &[("VANTAGE_TEST_WRAP", &wrap)])
+                .err()
+                .expect("start-up must fail");
+        assert!(!status.success());
+        assert!(log.contains(want), "{name}: {log}");
+        if name == "nocg" {
+            assert!(log.contains("mount | grep cgroup2"), "says how to check: {log}");
+        }
+        assert_eq!(log.trim().lines().count(), 1, "one line: {log}");
+    }
+
     // Without capabilities (nobody, no ambient caps).
     let (status, log) = Daemon::try_start(
         &ns,
