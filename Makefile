@@ -64,6 +64,12 @@ run: release
 test: deps
 	$(CARGO) test --locked --workspace -- --test-threads=2
 
+## fuzz: the packet fuzzer at length (VANTAGE_FUZZ_PACKETS, default 200000; VANTAGE_FUZZ_SEED to vary)
+.PHONY: fuzz
+VANTAGE_FUZZ_PACKETS ?= 200000
+fuzz: deps
+	VANTAGE_FUZZ_PACKETS=$(VANTAGE_FUZZ_PACKETS) $(CARGO) test --locked -p vantage --test fuzz -- --nocapture
+
 fmt:
 	$(CARGO) fmt --all -- --check
 

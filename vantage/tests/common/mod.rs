@@ -16,6 +16,7 @@
 
 #![allow(dead_code, reason = "each integration test binary uses a different subset of the harness")]
 
+pub mod gen;
 pub mod traffic;
 
 use std::ffi::CString;
