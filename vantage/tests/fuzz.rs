@@ -2,7 +2,7 @@
 //!
 //! Policies with buckets that never run dry cover every tenant that owns a socket here, so every
 //! packet must be admitted; what is checked is that it is admitted for the right reason. A model
-//! of the parsing rules (`common::gen::packets::parse`) says for each packet whether it parses;
+//! of the parsing rules (`common::gen::model`) says for each packet whether it parses;
 //! where the generator itself knows (a truncation, a broken length field), the model must agree
 //! with it. For packets to loopback the test also predicts the tenant from the sockets it
 //! opened and the policy from the daemon's own resolver, and checks that exactly that policy
@@ -23,7 +23,8 @@ use aya::{
 };
 use common::gen::{
     self,
-    packets::{self, Frame, Mutant, Parsed, Targets, LO4, LO6},
+    model::{self, Parsed},
+    packets::{self, Frame, Mutant, Targets, LO4, LO6},
     Rng,
 };
 use common::{Cgroup, Netns};
@@ -152,7 +153,7 @@ impl Fixture {
     /// What must happen to `frame`; `None` for the tenant and policy when the destination is
     /// not loopback, where only the kernel's socket tables could say.
     fn predict(&self, frame: &[u8]) -> (Result<Parsed, &'static str>, Option<Outcome>) {
-        let parsed = packets::parse(frame);
+        let parsed = model::parse(frame);
         let Ok(p) = parsed else {
             return (parsed, Some(Outcome::Malformed));
         };

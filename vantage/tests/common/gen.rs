@@ -2,12 +2,13 @@
 //! failure reproduces from the seed it prints.
 //!
 //! [`Rng`] is a xorshift64* generator. [`packets`] builds Ethernet frames that know where their
-//! headers end, mutates them, and predicts with a model of the classifier's parsing rules
-//! whether each one is parseable and what flow it carries. [`requests`] produces well-formed,
+//! headers end and mutates them; [`model`] applies the classifier's parsing rules to any frame
+//! to predict whether it parses and what flow it carries. [`requests`] produces well-formed,
 //! malformed and hostile HTTP requests and sends them over raw TCP without panicking on a
 //! broken connection. [`views`] turns what a daemon holds (its listings, its state file, its
 //! memory use) into values a test can compare before and after.
 
+pub mod model;
 pub mod packets;
 pub mod requests;
 pub mod views;
