@@ -99,6 +99,7 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
     let started = Instant::now();
     prereq::check(&cli.iface)?;
     let token = api_token(&cli)?;
+    state::remove_stale_temporaries(&cli.state_file);
     let saved = state::load(&cli.state_file)?;
     let offsets = CgroupIdOffsets::from_btf(&KernelBtf::from_sys_fs()?)?;
 

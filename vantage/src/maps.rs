@@ -19,7 +19,10 @@ use crate::policy::MapKind;
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     /// The map has no room for another entry.
-    #[error("{map} is full ({capacity} entries); raise its capacity flag")]
+    #[error(
+        "{map} is full ({capacity} entries); raise --policy-capacity \
+         (VANTAGE_POLICY_CAPACITY), which sizes POLICIES, OVERRIDES and TENANT_LEVELS"
+    )]
     Full {
         /// Map name.
         map: &'static str,

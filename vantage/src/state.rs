@@ -111,6 +111,25 @@ pub struct State {
     pub essential: Vec<TenantId>,
 }
 
+/// Removes temporary files a crashed earlier run left next to `path`
+/// (a kill during [`save`] leaves `.NAME.tmp.PID` behind); they never hold
+/// a state that was acknowledged, since the rename is what commits it.
+pub fn remove_stale_temporaries(path: &Path) {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = format!(".{name}.tmp.");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Loads the state at `path`; a missing file is an empty state.
 ///
 /// # Errors

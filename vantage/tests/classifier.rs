@@ -441,27 +441,40 @@ fn kernel_maps_have_the_layout_of_the_shared_types() {
     use aya::maps::Map;
     use vantage_common::{Config, Counters, IdentityEntry, IdentityKey};
 
-    let c = Classifier::load(false);
-    // The read-only globals: one array element holding CONFIG.
-    let rodata = c.ebpf.maps().find(|(name, _)| *name == ".rodata").expect(".rodata map").1;
-    let Map::Array(data) = rodata else { panic!(".rodata is not an array") };
-    let info = data.info().expect("map info");
-    assert_eq!(info.value_size() as usize, size_of::<Config>(), "CONFIG");
-
-    // Maps taken by the store are checked through the kernel's own record of
-    // them. Other tests load the same object concurrently; their maps of the
-    // same name have the same layout, so any match will do.
-    for (name, key, value) in [
-        ("POLICIES", size_of::<FlowKey>(), size_of::<PolicyValue>()),
-        ("OVERRIDES", size_of::<FlowKey>(), size_of::<PolicyValue>()),
-        ("TENANT_LEVELS", size_of::<u64>(), size_of::<u32>()),
-        ("IDENTITY", size_of::<IdentityKey>(), size_of::<IdentityEntry>()),
-        ("COUNTERS", size_of::<u32>(), size_of::<Counters>()),
-    ] {
-        let info = aya::maps::loaded_maps()
-            .filter_map(Result::ok)
-            .find(|m| m.name_as_str() == Some(name))
-            .unwrap_or_else(|| panic!("{name} is loaded"));
-        assert_eq!((info.key_size() as usize, info.value_size() as usize), (key, value), "{name}");
+    let btf = KernelBtf::from_sys_fs().expect("kernel BTF");
+    let opts = LoadOptions {
+        offsets: CgroupIdOffsets::from_btf(&btf).expect("cgroup offsets"),
+        legacy_flow_keys: false,
+        drop_event_sample_n: 1,
+        raw_ip: false,
+        identity_ttl_ns: 1_000_000_000,
+        policy_capacity: 64,
+        identity_capacity: 64,
+    };
+    let ebpf = loader::load(&opts).expect("load classifier");
+    let mut checked = Vec::new();
+    for (name, map) in ebpf.maps() {
+        let data = match map {
+            Map::HashMap(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) | Map::Array(m) => m,
+            Map::RingBuf(_) => continue,
+            _ => panic!("unexpected map type for {name}"),
+        };
+        let info = data.info().expect("map info");
+        let want = match name {
+            "POLICIES" | "OVERRIDES" => (size_of::<FlowKey>(), size_of::<PolicyValue>()),
+            "TENANT_LEVELS" => (size_of::<u64>(), size_of::<u32>()),
+            "IDENTITY" => (size_of::<IdentityKey>(), size_of::<IdentityEntry>()),
+            "COUNTERS" => (size_of::<u32>(), size_of::<Counters>()),
+            // The read-only globals: one array element holding CONFIG.
+            ".rodata" => (size_of::<u32>(), size_of::<Config>()),
+            other => panic!("unexpected map {other}"),
+        };
+        assert_eq!((info.key_size() as usize, info.value_size() as usize), want, "{name}");
+        checked.push(name.to_owned());
     }
+    checked.sort();
+    assert_eq!(
+        checked,
+        [".rodata", "COUNTERS", "IDENTITY", "OVERRIDES", "POLICIES", "TENANT_LEVELS"]
+    );
 }

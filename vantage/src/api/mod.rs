@@ -37,8 +37,6 @@ pub const MAX_BODY_BYTES: u64 = 16 * 1024;
 pub const MAX_URL_BYTES: usize = 4096;
 /// Worker threads answering requests.
 pub const WORKERS: usize = 4;
-/// A connection that sends or accepts nothing for this long is closed.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings and shared state the handlers need.
 pub struct ApiContext<D: Dataplane> {
@@ -108,9 +106,7 @@ pub fn serve<D: Dataplane + 'static>(
     ctx: ApiContext<D>,
     stop: Arc<AtomicBool>,
 ) -> Result<Vec<JoinHandle<()>>, std::io::Error> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    set_io_timeouts(&listener)?;
-    let server = Arc::new(Server::from_listener(listener, None).map_err(std::io::Error::other)?);
+    let server = Arc::new(Server::http(addr).map_err(std::io::Error::other)?);
     let ctx = Arc::new(ctx);
     let mut workers = Vec::new();
     for i in 0..WORKERS {
@@ -126,31 +122,6 @@ pub fn serve<D: Dataplane + 'static>(
         })?);
     }
     Ok(workers)
-}
-
-/// Sets receive and send timeouts on the listening socket; Linux copies
-/// them to every accepted socket (`sk_clone_lock` clones the whole sock), so
-/// tiny_http's connection threads give up on clients that stall, which
-/// bounds how long a slow or idle client can hold one.
-fn set_io_timeouts(listener: &std::net::TcpListener) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let tv = libc::timeval { tv_sec: IO_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: a valid socket and a timeval of the stated size.
-        let rc = unsafe {
-            libc::setsockopt(
-                listener.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&tv as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Whether `req` carries the configured bearer token. Compared in constant
