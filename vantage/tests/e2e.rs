@@ -282,10 +282,10 @@ fn start_up_failures_are_one_clear_line() {
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .expect("chmod");
         let wrap = format!("unshare --mount --propagation private {}", script.display());
-        let (status, log) =
-            Daemon::try_start(&ns, &["--iface", "lo"], &[("VANTAGE_TEST_WRAP", &wrap)])
-                .err()
-                .expect("start-up must fail");
+        let (status, log) = common::expect_start_failure(
+            Daemon::try_start(&ns, &["--iface", "lo"], &[("VANTAGE_TEST_WRAP", &wrap)]),
+            "start-up must fail",
+        );
         assert!(!status.success());
         assert!(log.contains(want), "{name}: {log}");
         if name == "nocg" {

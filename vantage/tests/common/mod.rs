@@ -1497,3 +1497,14 @@ pub fn tc_filter_count(netns: &Netns, iface: &str, ingress: bool) -> usize {
     let out = netns.run(&["tc", "filter", "show", "dev", iface, dir]);
     out.lines().filter(|l| l.contains(" bpf ") && l.contains(" handle ")).count()
 }
+
+/// The exit status and log of a start-up that was expected to fail.
+pub fn expect_start_failure(
+    started: Result<Daemon, (ExitStatus, String)>,
+    why: &str,
+) -> (ExitStatus, String) {
+    match started {
+        Ok(d) => panic!("{why}, but vantage started; log:\n{}", d.log()),
+        Err(failure) => failure,
+    }
+}
