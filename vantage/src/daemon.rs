@@ -150,8 +150,18 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
         Err(_) => warn!("the map owner thread panicked"),
     }
     attachment.detach(&mut ebpf);
+    let _ = std::fs::remove_file(api_socket_path(&cli));
     info!("stopped");
     Ok(())
+}
+
+/// Where tiny_http listens behind the guard: next to the state file, in a
+/// directory the daemon owns.
+fn api_socket_path(cli: &Cli) -> std::path::PathBuf {
+    let name = cli.state_file.file_name().map(|n| n.to_string_lossy().into_owned());
+    let dir = cli.state_file.parent().filter(|d| !d.as_os_str().is_empty());
+    dir.unwrap_or(Path::new("."))
+        .join(format!(".{}.api.sock", name.unwrap_or_else(|| "vantage".into())))
 }
 
 /// The API token from `--api-token` or `--api-token-file`, if any.
@@ -231,7 +241,7 @@ fn serve(
         },
     };
     threads.extend(
-        api::serve(cli.bind_addr, ctx, stop.clone())
+        api::serve(cli.bind_addr, api_socket_path(cli), ctx, stop.clone())
             .map_err(|source| DaemonError::Listen { addr: cli.bind_addr, source })?,
     );
     info!("api listening on http://{}", cli.bind_addr);

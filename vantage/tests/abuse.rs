@@ -221,7 +221,6 @@ struct Dribbler {
 }
 
 #[test]
-#[ignore = "known limitation: tiny_http 0.12 gives no socket timeouts, so four clients dribbling request bodies hold all API workers (README: Limitations)"]
 fn slow_and_idle_clients_do_not_stop_metrics_from_answering() {
     if !common::prerequisites() {
         return;
@@ -333,7 +332,6 @@ fn the_api_still_answers_after_a_long_idle_spell() {
 }
 
 #[test]
-#[ignore = "known limitation: tiny_http 0.12 allocates the declared Content-Length when it drains an unread body, so an absurd length aborts the daemon (README: Limitations)"]
 fn a_request_claiming_an_absurd_body_length_is_refused_and_the_daemon_stays_up() {
     if !common::prerequisites() {
         return;
@@ -368,7 +366,6 @@ fn a_request_claiming_an_absurd_body_length_is_refused_and_the_daemon_stays_up()
 }
 
 #[test]
-#[ignore = "known limitation: tiny_http 0.12 buffers a request line of any length before the daemon sees it (README: Limitations)"]
 fn an_endless_request_line_does_not_grow_the_daemon_without_bound() {
     if !common::prerequisites() {
         return;

@@ -19,6 +19,7 @@ use log::{debug, warn};
 use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
+mod guard;
 mod handlers;
 
 use handlers::{
@@ -96,19 +97,30 @@ pub enum Reply {
     Text(String),
 }
 
-/// Serves the API until `stop` is set.
+/// Serves the API on `addr` until `stop` is set.
+///
+/// Clients talk to the guard ([`guard`]); tiny_http listens on the Unix
+/// socket `backend`, which only the guard uses.
 ///
 /// # Errors
 ///
-/// The address could not be bound.
+/// The address or the socket could not be bound.
 pub fn serve<D: Dataplane + 'static>(
     addr: std::net::SocketAddr,
+    backend: std::path::PathBuf,
     ctx: ApiContext<D>,
     stop: Arc<AtomicBool>,
 ) -> Result<Vec<JoinHandle<()>>, std::io::Error> {
-    let server = Arc::new(Server::http(addr).map_err(std::io::Error::other)?);
+    let listener = std::net::TcpListener::bind(addr)?;
+    if let Some(dir) = backend.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A socket left by a crashed run would make the bind fail.
+    let _ = std::fs::remove_file(&backend);
+    let server = Arc::new(Server::http_unix(&backend).map_err(std::io::Error::other)?);
+    let guard = guard::spawn(listener, backend, stop.clone())?;
     let ctx = Arc::new(ctx);
-    let mut workers = Vec::new();
+    let mut workers = vec![guard];
     for i in 0..WORKERS {
         let (server, ctx, stop) = (server.clone(), ctx.clone(), stop.clone());
         workers.push(thread::Builder::new().name(format!("api-{i}")).spawn(move || {
