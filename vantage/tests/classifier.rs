@@ -15,8 +15,7 @@ use aya::{
 };
 use common::{tcp_flags, Cgroup, Netns, Pkt};
 use vantage::{
-    btf::{CgroupIdOffsets, KernelBtf},
-    loader::{self, LoadOptions},
+    loader::{self},
     maps::{Dataplane, KernelMaps},
     policy::{MapKind, PolicySpec},
     store::PolicyStore,
@@ -37,17 +36,7 @@ struct Classifier {
 
 impl Classifier {
     fn load(legacy: bool) -> Classifier {
-        let btf = KernelBtf::from_sys_fs().expect("kernel BTF");
-        let opts = LoadOptions {
-            offsets: CgroupIdOffsets::from_btf(&btf).expect("cgroup offsets"),
-            legacy_flow_keys: legacy,
-            drop_event_sample_n: 1,
-            raw_ip: false,
-            identity_ttl_ns: 1_000_000_000,
-            policy_capacity: 1024,
-            identity_capacity: 1024,
-        };
-        let mut ebpf = loader::load(&opts).expect("load classifier");
+        let mut ebpf = loader::load(&common::load_options(legacy, 1024)).expect("load classifier");
         let maps = KernelMaps::take(&mut ebpf, 1024).expect("maps");
         Classifier { ebpf, store: PolicyStore::new(maps, None) }
     }
@@ -441,17 +430,7 @@ fn kernel_maps_have_the_layout_of_the_shared_types() {
     use aya::maps::Map;
     use vantage_common::{Config, Counters, IdentityEntry, IdentityKey};
 
-    let btf = KernelBtf::from_sys_fs().expect("kernel BTF");
-    let opts = LoadOptions {
-        offsets: CgroupIdOffsets::from_btf(&btf).expect("cgroup offsets"),
-        legacy_flow_keys: false,
-        drop_event_sample_n: 1,
-        raw_ip: false,
-        identity_ttl_ns: 1_000_000_000,
-        policy_capacity: 64,
-        identity_capacity: 64,
-    };
-    let ebpf = loader::load(&opts).expect("load classifier");
+    let ebpf = loader::load(&common::load_options(false, 64)).expect("load classifier");
     let mut checked = Vec::new();
     for (name, map) in ebpf.maps() {
         let data = match map {

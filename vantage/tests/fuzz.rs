@@ -29,8 +29,7 @@ use common::gen::{
 };
 use common::{Cgroup, Netns};
 use vantage::{
-    btf::{CgroupIdOffsets, KernelBtf},
-    loader::{self, LoadOptions},
+    loader::{self},
     maps::{Dataplane, KernelMaps},
     policy::{MapKind, PolicySpec},
     store::PolicyStore,
@@ -88,18 +87,8 @@ impl Fixture {
             common::tcp_listener_in(c, sock(v6, PORT_C)),
         ];
 
-        let btf = KernelBtf::from_sys_fs().expect("kernel BTF");
-        let opts = LoadOptions {
-            offsets: CgroupIdOffsets::from_btf(&btf).expect("cgroup offsets"),
-            legacy_flow_keys: false,
-            drop_event_sample_n: 1,
-            raw_ip: false,
-            identity_ttl_ns: 1_000_000_000,
-            policy_capacity: 1024,
-            identity_capacity: 4096,
-        };
-        let mut ebpf = loader::load(&opts).expect("load classifier");
-        let maps = KernelMaps::take(&mut ebpf, 1024).expect("maps");
+        let mut ebpf = loader::load(&common::load_options(false, 4096)).expect("load classifier");
+        let maps = KernelMaps::take(&mut ebpf, 4096).expect("maps");
         let mut f =
             Fixture { ebpf, store: PolicyStore::new(maps, None), tenants, _sockets: (udp, tcp) };
         f.install_policies();

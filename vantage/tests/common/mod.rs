@@ -1508,3 +1508,19 @@ pub fn expect_start_failure(
         Err(failure) => failure,
     }
 }
+
+/// Load options for the real classifier on this kernel (offsets from its
+/// BTF, live or legacy flow keys, one drop event per drop, a 1 s identity
+/// TTL) with `capacity` entries per policy map and in the identity cache.
+pub fn load_options(legacy: bool, capacity: u32) -> vantage::loader::LoadOptions {
+    let btf = vantage::btf::KernelBtf::from_sys_fs().expect("kernel BTF");
+    vantage::loader::LoadOptions {
+        offsets: vantage::btf::CgroupIdOffsets::from_btf(&btf).expect("cgroup offsets"),
+        legacy_flow_keys: legacy,
+        drop_event_sample_n: 1,
+        raw_ip: false,
+        identity_ttl_ns: 1_000_000_000,
+        policy_capacity: capacity,
+        identity_capacity: capacity,
+    }
+}
