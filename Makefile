@@ -84,6 +84,15 @@ VANTAGE_FUZZ_PACKETS ?= 200000
 fuzz: deps
 	VANTAGE_FUZZ_PACKETS=$(VANTAGE_FUZZ_PACKETS) $(CARGO) test --locked -p vantage --test fuzz -- --nocapture
 
+## bench: the benchmark suite against the static binary (needs root; about 5 minutes)
+# Tables on stdout, target/bench/summary.json and summary.md (see BENCHMARKS.md).
+# The daemon measured is the static binary; the bench harness itself is built
+# without LTO, which saves minutes and changes none of the figures the issue asks for.
+.PHONY: bench
+bench: deps static
+	VANTAGE_BENCH_BINARY=$(CURDIR)/$(STATIC_BIN) CARGO_PROFILE_BENCH_LTO=off \
+	  CARGO_PROFILE_BENCH_CODEGEN_UNITS=16 $(CARGO) bench --locked -p vantage --bench vantage
+
 ## static: the daemon as one static musl binary, eBPF object embedded ($(STATIC_BIN))
 # Symbols are stripped (the profile keeps them) because lintian rejects an
 # unstripped binary, and the packages hold exactly this file.
