@@ -191,3 +191,33 @@ fn set_affinity(cpus: &[libc::c_int]) {
         assert_eq!(rc, 0, "sched_setaffinity {cpus:?}: {}", std::io::Error::last_os_error());
     }
 }
+
+/// The machine's CPU time so far, from the first line of /proc/stat.
+pub struct CpuTimes {
+    steal: u64,
+    total: u64,
+}
+
+/// Reads [`CpuTimes`] now.
+pub fn cpu_times() -> CpuTimes {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest
+    // time is already counted in user and nice.
+    CpuTimes { steal: fields.get(7).copied().unwrap_or(0), total: fields.iter().take(8).sum() }
+}
+
+impl CpuTimes {
+    /// Share of all CPU time since `earlier` that the hypervisor took (steal).
+    pub fn steal_share_since(&self, earlier: &CpuTimes) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        self.steal.saturating_sub(earlier.steal) as f64 / total.max(1) as f64
+    }
+}

@@ -202,7 +202,7 @@ impl Report {
         };
         let at_least = |goal, key: &str, limit: f64| Verdict {
             goal,
-            outcome: self.get(key).map(|x| (x >= limit, format!("{:.1} %", x * 100.0))),
+            outcome: self.get(key).map(|x| (x >= limit, format!("{:.2} %", x * 100.0))),
         };
         let within = |goal, key: &str, limit: f64| Verdict {
             goal,
