@@ -173,9 +173,11 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
 
     let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
+        // Buffered: serde writes token by token, a syscall each otherwise.
+        let mut f = io::BufWriter::new(fs::File::create(&tmp)?);
         serde_json::to_writer_pretty(&mut f, state)?;
         f.write_all(b"\n")?;
+        let f = f.into_inner().map_err(io::IntoInnerError::into_error)?;
         f.sync_data()?;
         fs::rename(&tmp, path)
     };
