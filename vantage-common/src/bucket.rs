@@ -81,6 +81,29 @@ pub const fn retune(
     now.saturating_add((new_burst - keep).saturating_mul(new_interval))
 }
 
+/// Slack the tick clock needs, in ticks; see [`tick_clock_min_ns`].
+pub const TICK_CLOCK_MIN_TICKS: u64 = 4;
+
+/// The smallest `interval + tolerance` that the data plane meters with the
+/// tick clock (jiffies times the tick length) for ticks of `tick_ns`;
+/// `u64::MAX` (the precise clock for every bucket) when the tick is unknown.
+///
+/// The tick clock stands still for a tick and then jumps, so a bucket under
+/// steady overload is handed a tick's worth of credit at once. It keeps all
+/// of it when `interval + tolerance` spans at least a tick, and then admits
+/// exactly what the precise clock would over any stretch longer than a tick;
+/// a narrower bucket loses the excess and admits less than its rate. Four
+/// ticks leave room for a tick that comes late. Typical policies (a burst of
+/// a few milliseconds' worth of tokens or more) qualify; high-rate policies
+/// with tiny bursts keep the precise clock.
+pub const fn tick_clock_min_ns(tick_ns: u64) -> u64 {
+    if tick_ns == 0 {
+        u64::MAX
+    } else {
+        tick_ns.saturating_mul(TICK_CLOCK_MIN_TICKS)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +132,61 @@ mod tests {
             let err = got.abs_diff(want);
             assert!(err <= 1 + want / 10_000, "rate {rate} burst {burst}: {got} vs {want}");
         }
+    }
+
+    /// Admitted packets under a 10x overload for 10 s when `now` is read
+    /// from a clock that advances in steps of `tick` (0: the precise clock).
+    fn offer_ticked(rate: u64, burst: u64, tick: u64) -> u64 {
+        let (i, t) = (interval_ns(rate), tolerance_ns(interval_ns(rate), burst));
+        let (mut tat, mut admitted) = (0u64, 0u64);
+        let start = 1_000 * NANOS_PER_SEC;
+        let gap = (NANOS_PER_SEC / rate / 10).max(1);
+        let mut real = start;
+        while real < start + 10 * NANOS_PER_SEC {
+            let now = if tick == 0 { real } else { real / tick * tick };
+            if let Some(next) = conform(tat, now, i, t) {
+                tat = next;
+                admitted += 1;
+            }
+            real += gap;
+        }
+        admitted
+    }
+
+    #[test]
+    fn the_tick_clock_admits_what_the_precise_clock_does_where_it_is_used() {
+        let tick = 4_000_000; // HZ=250
+        let min = tick_clock_min_ns(tick);
+        let mut used = 0;
+        for (rate, burst) in
+            [(200, 100), (1000, 20), (10_000, 200), (100_000, 2000), (7, 0), (50, 1), (1000, 4)]
+        {
+            let i = interval_ns(rate);
+            if i + tolerance_ns(i, burst) < min {
+                continue;
+            }
+            used += 1;
+            let (precise, ticked) = (offer_ticked(rate, burst, 0), offer_ticked(rate, burst, tick));
+            // At most one tick's worth of tokens apart, at the end of the run.
+            let slack = rate * tick / NANOS_PER_SEC + 1;
+            assert!(
+                precise.abs_diff(ticked) <= slack,
+                "rate {rate} burst {burst}: {ticked} vs {precise}"
+            );
+        }
+        assert_eq!(used, 6, "the cases above must exercise the tick clock");
+    }
+
+    #[test]
+    fn buckets_narrower_than_a_tick_need_the_precise_clock() {
+        // 100k/s with a burst of 10: interval + tolerance is 0.11 ms, far
+        // below a 4 ms tick. On the tick clock it would get 11 packets per
+        // tick, a tenth of its rate; this is why such buckets keep ktime.
+        let (rate, burst, tick) = (100_000, 10, 4_000_000);
+        let i = interval_ns(rate);
+        assert!(i + tolerance_ns(i, burst) < tick_clock_min_ns(tick));
+        assert!(offer_ticked(rate, burst, tick) < offer_ticked(rate, burst, 0) / 5);
+        assert_eq!(tick_clock_min_ns(0), u64::MAX);
     }
 
     #[test]

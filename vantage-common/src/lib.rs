@@ -36,6 +36,14 @@ pub const MAP_TENANT_LEVELS: &str = "TENANT_LEVELS";
 pub const MAP_IDENTITY: &str = "IDENTITY";
 /// Name of the per-CPU global counters.
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the array of values the data plane keeps for itself.
+pub const MAP_RUNTIME: &str = "RUNTIME";
+/// Index in `RUNTIME` of the offset from the tick clock (jiffies × tick) to
+/// `CLOCK_MONOTONIC`, measured by the data plane itself on its first packet
+/// metered with the tick clock (0 until then).
+pub const RUNTIME_CLOCK_OFFSET: u32 = 0;
+/// Entries in `RUNTIME`.
+pub const RUNTIME_ENTRIES: u32 = 1;
 /// Name of the drop event ring buffer.
 pub const MAP_DROP_EVENTS: &str = "DROP_EVENTS";
 /// Name of the load-time configuration global.
@@ -304,8 +312,8 @@ pub struct IdentityKey {
 pub struct IdentityEntry {
     /// cgroup v2 id of the receiving socket, or 0 when no socket owns it.
     pub cgroup_id: u64,
-    /// ktime after which the entry is looked up again.
-    pub expires_ns: u64,
+    /// Kernel tick (jiffies) from which the entry is looked up again.
+    pub expires_tick: u64,
 }
 
 /// Index of each counter in [`Counters::values`].
@@ -415,8 +423,15 @@ pub struct Config {
     pub drop_event_sample_n: u32,
     /// 1 when the interface carries bare IP packets (no Ethernet header).
     pub raw_ip: u32,
-    /// How long an identity cache entry is trusted, in nanoseconds.
-    pub identity_ttl_ns: u64,
+    /// How long an identity cache entry is trusted, in kernel ticks.
+    pub identity_ttl_ticks: u64,
+    /// Length of a kernel tick (a jiffy) in nanoseconds.
+    pub tick_ns: u64,
+    /// Buckets whose tolerance plus interval is at least this many
+    /// nanoseconds are metered with the tick clock (jiffies, free to read)
+    /// instead of `bpf_ktime_get_ns`; `u64::MAX` meters every bucket with
+    /// the precise clock. See `bucket::tick_clock_is_exact`.
+    pub tick_clock_min_ns: u64,
 }
 
 #[cfg(feature = "user")]
@@ -463,7 +478,7 @@ mod layout {
     const _: () = assert!(offset_of!(IdentityKey, family) == 37);
 
     const _: () = assert!(size_of::<IdentityEntry>() == 16);
-    const _: () = assert!(offset_of!(IdentityEntry, expires_ns) == 8);
+    const _: () = assert!(offset_of!(IdentityEntry, expires_tick) == 8);
 
     const _: () = assert!(size_of::<Counters>() == 8 * Counter::COUNT);
 
@@ -473,9 +488,11 @@ mod layout {
     const _: () = assert!(offset_of!(DropEvent, level) == 28);
     const _: () = assert!(offset_of!(DropEvent, direction) == 29);
 
-    const _: () = assert!(size_of::<Config>() == 32);
+    const _: () = assert!(size_of::<Config>() == 48);
     const _: () = assert!(offset_of!(Config, legacy_flow_keys) == 12);
     const _: () = assert!(offset_of!(Config, drop_event_sample_n) == 16);
     const _: () = assert!(offset_of!(Config, raw_ip) == 20);
-    const _: () = assert!(offset_of!(Config, identity_ttl_ns) == 24);
+    const _: () = assert!(offset_of!(Config, identity_ttl_ticks) == 24);
+    const _: () = assert!(offset_of!(Config, tick_ns) == 32);
+    const _: () = assert!(offset_of!(Config, tick_clock_min_ns) == 40);
 }

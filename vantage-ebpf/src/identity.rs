@@ -16,7 +16,8 @@
 //! - a new TCP connection on a reused 4-tuple starts with a SYN, and a SYN
 //!   is always looked up afresh;
 //! - every entry, negative ones included, expires after the configured TTL
-//!   (1 s by default), which bounds how long a UDP 4-tuple taken over by a
+//!   (1 s by default, counted in kernel ticks, which cost nothing to read),
+//!   which bounds how long a UDP 4-tuple taken over by a
 //!   new socket, or a socket bound after a miss, can be misattributed;
 //! - an entry evicted by the LRU is simply looked up again.
 
@@ -35,6 +36,7 @@ use vantage_common::{
 };
 
 use crate::{
+    clock,
     maps::{bump, IDENTITY},
     parse::Packet,
 };
@@ -47,7 +49,6 @@ pub fn tenant(
     ctx: &TcContext,
     dir: Direction,
     pkt: &Packet,
-    now: u64,
     cfg: &Config,
     c: *mut Counters,
 ) -> Result<u64, ()> {
@@ -68,10 +69,11 @@ pub fn tenant(
         family: pkt.family,
         _pad: [0; 2],
     };
+    let now = clock::tick();
     if !pkt.tcp_syn {
         // SAFETY: a plain read of a map value.
         if let Some(entry) = unsafe { IDENTITY.get(&key) } {
-            if entry.expires_ns > now {
+            if entry.expires_tick > now {
                 return Ok(entry.cgroup_id);
             }
         }
@@ -79,7 +81,7 @@ pub fn tenant(
 
     bump(c, Counter::IdentityLookups);
     let cgroup_id = lookup(ctx, pkt, cfg)?;
-    let entry = IdentityEntry { cgroup_id, expires_ns: now + cfg.identity_ttl_ns };
+    let entry = IdentityEntry { cgroup_id, expires_tick: now + cfg.identity_ttl_ticks };
     // A full or failing cache only costs a lookup next time.
     let _ = IDENTITY.insert(&key, &entry, 0);
     Ok(cgroup_id)

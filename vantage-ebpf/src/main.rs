@@ -4,8 +4,9 @@
 //! Per packet, in order: [`parse`] the headers into a [`parse::Packet`],
 //! [`identity`] finds the tenant (the cgroup v2 of the owning local socket),
 //! [`policy::resolve`] walks the ten precedence levels, and [`policy::meter`]
-//! takes a token from the matched policy's bucket. Anything that cannot be
-//! parsed, and every internal failure, is admitted and counted (fail-open).
+//! takes a token from the matched policy's bucket, at a time from
+//! [`clock`]. Anything that cannot be parsed, and every internal failure, is
+//! admitted and counted (fail-open).
 //! The program never modifies a packet; an admitted packet continues with
 //! `TC_ACT_UNSPEC`, which lets programs attached after it run.
 #![no_std]
@@ -18,12 +19,13 @@
               the code enough to push the verifier past its complexity limit"
 )]
 
+mod clock;
 mod identity;
 mod maps;
 mod parse;
 mod policy;
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use vantage_common::{Config, Counter, Direction, FlowKey, TC_ACT_SHOT, TC_ACT_UNSPEC};
 
 use crate::{
@@ -34,7 +36,8 @@ use crate::{
 /// Load-time settings, rewritten by the daemon before the program loads.
 ///
 /// The defaults only matter to a loader that does not set it: offsets of 0
-/// make every cgroup read fail, which fails open.
+/// make every cgroup read fail, which fails open, and every bucket uses the
+/// precise clock.
 #[no_mangle]
 static CONFIG: Config = Config {
     sock_cgroup_off: 0,
@@ -43,7 +46,9 @@ static CONFIG: Config = Config {
     legacy_flow_keys: 0,
     drop_event_sample_n: 1,
     raw_ip: 0,
-    identity_ttl_ns: 1_000_000_000,
+    identity_ttl_ticks: 1,
+    tick_ns: 0,
+    tick_clock_min_ns: u64::MAX,
 };
 
 /// Reads the configuration; volatile so the compiler does not fold the
@@ -99,9 +104,7 @@ fn admit(ctx: &TcContext, dir: Direction, c: *mut vantage_common::Counters) -> b
     };
 
     // Identify the tenant.
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let cgroup_id = match identity::tenant(ctx, dir, &pkt, now, &cfg, c) {
+    let cgroup_id = match identity::tenant(ctx, dir, &pkt, &cfg, c) {
         Ok(0) => {
             bump(c, Counter::NoTenant);
             return true;
@@ -131,13 +134,13 @@ fn admit(ctx: &TcContext, dir: Direction, c: *mut vantage_common::Counters) -> b
     };
 
     // Meter it.
-    match policy::meter(value, now) {
-        Meter::Conform => true,
-        Meter::Exceed => {
+    match policy::meter(value, &cfg) {
+        (Meter::Conform, _) => true,
+        (Meter::Exceed, now) => {
             emit_drop_event(c, &cfg, now, &flow, level, dir, ctx.len());
             false
         }
-        Meter::Contended => {
+        (Meter::Contended, _) => {
             bump(c, Counter::FailOpenInternal);
             true
         }

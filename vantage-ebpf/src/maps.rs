@@ -6,11 +6,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use vantage_common::{
     Config, Counter, Counters, Direction, DropEvent, FlowKey, IdentityEntry, IdentityKey,
     PolicyValue, DEFAULT_IDENTITY_CAPACITY, DEFAULT_POLICY_CAPACITY, DROP_EVENTS_BYTES,
+    RUNTIME_ENTRIES,
 };
 
 /// Base policies, levels 6 to 10.
@@ -39,6 +40,11 @@ pub static TENANT_LEVELS: HashMap<u64, u32> =
 #[map(name = "IDENTITY")]
 pub static IDENTITY: LruHashMap<IdentityKey, IdentityEntry> =
     LruHashMap::with_max_entries(DEFAULT_IDENTITY_CAPACITY, 0);
+
+/// Values the data plane keeps for itself: the clock offset
+/// (`vantage_common::RUNTIME_CLOCK_OFFSET`, see [`crate::clock`]).
+#[map(name = "RUNTIME")]
+pub static RUNTIME: Array<u64> = Array::with_max_entries(RUNTIME_ENTRIES, 0);
 
 /// Global counters, one element per direction, per CPU.
 #[map(name = "COUNTERS")]

@@ -2,9 +2,12 @@
 
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
-use vantage_common::{bucket, probe_key, FlowKey, Level, PolicyValue, STEPS};
+use vantage_common::{bucket, probe_key, Config, FlowKey, Level, PolicyValue, STEPS};
 
-use crate::maps::{OVERRIDES, POLICIES, TENANT_LEVELS};
+use crate::{
+    clock,
+    maps::{OVERRIDES, POLICIES, TENANT_LEVELS},
+};
 
 /// How many times a bucket update is retried when another CPU changed the
 /// bucket between our read and our compare-and-swap.
@@ -56,9 +59,10 @@ pub enum Meter {
     Contended,
 }
 
-/// Takes one token from `value`'s bucket at time `now`.
+/// Takes one token from `value`'s bucket; also returns the time it used
+/// (see [`clock::for_bucket`]).
 #[inline(always)]
-pub fn meter(value: *mut PolicyValue, now: u64) -> Meter {
+pub fn meter(value: *mut PolicyValue, cfg: &Config) -> (Meter, u64) {
     // SAFETY: `value` points into a map element that stays valid (RCU) for
     // the whole program run; the daemon writes whole elements only through
     // the map update syscall, which swaps in a new element. The bpfel target
@@ -67,6 +71,7 @@ pub fn meter(value: *mut PolicyValue, now: u64) -> Meter {
     unsafe {
         let interval = (*value).interval_ns;
         let tolerance = (*value).tolerance_ns;
+        let now = clock::for_bucket(interval.saturating_add(tolerance), cfg);
         let tat = &raw mut (*value).tat_ns;
 
         for _ in 0..CAS_ATTEMPTS {
@@ -75,7 +80,7 @@ pub fn meter(value: *mut PolicyValue, now: u64) -> Meter {
             let seen = core::ptr::read_volatile(tat);
             let Some(next) = bucket::conform(seen, now, interval, tolerance) else {
                 atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).dropped, 1);
-                return Meter::Exceed;
+                return (Meter::Exceed, now);
             };
             let (_, swapped) =
                 atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
@@ -83,9 +88,9 @@ pub fn meter(value: *mut PolicyValue, now: u64) -> Meter {
                 );
             if swapped {
                 atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).admitted, 1);
-                return Meter::Conform;
+                return (Meter::Conform, now);
             }
         }
+        (Meter::Contended, now)
     }
-    Meter::Contended
 }

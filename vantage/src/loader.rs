@@ -19,7 +19,7 @@ use aya::{
 };
 use log::{debug, info, warn};
 use vantage_common::{
-    Config, GLOBAL_CONFIG, MAP_IDENTITY, MAP_OVERRIDES, MAP_POLICIES, MAP_TENANT_LEVELS,
+    bucket, Config, GLOBAL_CONFIG, MAP_IDENTITY, MAP_OVERRIDES, MAP_POLICIES, MAP_TENANT_LEVELS,
     PROG_EGRESS, PROG_INGRESS,
 };
 
@@ -95,6 +95,10 @@ pub enum LoadError {
     NoTcx,
 }
 
+/// The longest plausible tick (HZ=100), assumed when the real one is
+/// unknown, so that the identity TTL in ticks never exceeds the one asked for.
+const FALLBACK_TICK_NS: u64 = 10_000_000;
+
 /// Everything [`load`] needs to know.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
@@ -121,6 +125,13 @@ pub struct LoadOptions {
 /// [`LoadError::Load`] or [`LoadError::Program`] with the verifier's log
 /// when the kernel refuses the object.
 pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
+    let tick_ns = sys::tick_ns();
+    if tick_ns.is_none() {
+        warn!(
+            "cannot tell the kernel tick length from CLOCK_MONOTONIC_COARSE; every bucket uses the \
+             precise clock and identity cache entries live at most --identity-ttl-ms"
+        );
+    }
     let config = Config {
         sock_cgroup_off: opts.offsets.sock_cgroup,
         cgroup_kn_off: opts.offsets.cgroup_kn,
@@ -128,7 +139,9 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoadError> {
         legacy_flow_keys: u32::from(opts.legacy_flow_keys),
         drop_event_sample_n: opts.drop_event_sample_n.max(1),
         raw_ip: u32::from(opts.raw_ip),
-        identity_ttl_ns: opts.identity_ttl_ns,
+        identity_ttl_ticks: opts.identity_ttl_ns.div_ceil(tick_ns.unwrap_or(FALLBACK_TICK_NS)),
+        tick_ns: tick_ns.unwrap_or(0),
+        tick_clock_min_ns: bucket::tick_clock_min_ns(tick_ns.unwrap_or(0)),
     };
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, &config, true)

@@ -161,26 +161,13 @@ impl Dataplane for KernelMaps {
     }
 
     fn delete(&mut self, kind: MapKind, key: &FlowKey) -> Result<(), DataplaneError> {
-        match self.map_mut(kind).remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            Err(e) => Err(self.classify("delete policy", map_name(kind), e)),
-        }
+        let r = absent_is_removed(self.map_mut(kind).remove(key));
+        r.map_err(|e| self.classify("delete policy", map_name(kind), e))
     }
 
     fn set_mask(&mut self, tenant: u64, mask: u32) -> Result<(), DataplaneError> {
         let r = if mask == 0 {
-            match self.levels.remove(&tenant) {
-                Err(MapError::KeyNotFound) => Ok(()),
-                Err(MapError::SyscallError(s))
-                    if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
-                {
-                    Ok(())
-                }
-                r => r,
-            }
+            absent_is_removed(self.levels.remove(&tenant))
         } else {
             self.levels.insert(tenant, mask, 0)
         };
@@ -219,6 +206,15 @@ impl Dataplane for KernelMaps {
 
     fn capacity(&self) -> u32 {
         self.capacity
+    }
+}
+
+/// A removal of a key that was not there counts as done.
+fn absent_is_removed(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
     }
 }
 

@@ -144,3 +144,19 @@ pub mod cap {
 }
 
 const _: () = assert!(size_of::<libc::nlmsghdr>() == 16);
+
+/// Length of a kernel tick (a jiffy) in nanoseconds.
+///
+/// The kernel reports one tick as the resolution of
+/// `CLOCK_MONOTONIC_COARSE`, the clock its tick advances. `None` when the
+/// answer is not a plausible tick (HZ between 24 and 10,000).
+pub fn tick_ns() -> Option<u64> {
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `res` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
+        return None;
+    }
+    let ns = u64::try_from(res.tv_sec).ok()?.checked_mul(1_000_000_000)?
+        + u64::try_from(res.tv_nsec).ok()?;
+    (100_000..=41_666_667).contains(&ns).then_some(ns)
+}

@@ -421,6 +421,115 @@ fn a_policy_update_keeps_its_bucket_and_counters() {
 }
 
 #[test]
+fn a_cached_flow_follows_its_tenants_policies_as_they_change() {
+    // Policies are looked up per packet; only the flow's owner is cached.
+    if !common::prerequisites() {
+        return;
+    }
+    let ns = Netns::new();
+    let _in_ns = ns.enter_current_thread();
+    let a = Cgroup::new();
+    let _udp = common::udp_bound_in(&a, SocketAddr::from((LO4, 6002)));
+    let _tcp = common::tcp_listener_in(&a, SocketAddr::from((LO4, 6003)));
+    // An hour-long identity TTL: every packet after the first of each flow
+    // is served from the identity cache.
+    let opts = loader::LoadOptions {
+        identity_ttl_ns: 3_600_000_000_000,
+        ..common::load_options(false, 1024)
+    };
+    let mut ebpf = loader::load(&opts).expect("load classifier");
+    let maps = KernelMaps::take(&mut ebpf, 1024).expect("maps");
+    let mut c = Classifier { ebpf, store: PolicyStore::new(maps, None) };
+
+    let udp = Pkt::ipv4(LO4, LO4).udp(1235, 6002).build();
+    let get = Pkt::ipv4(LO4, LO4)
+        .tcp(40000, 6003, tcp_flags::ACK | tcp_flags::PSH)
+        .payload(b"GET /slow HTTP/1.1\r\n\r\n")
+        .build();
+    check(&mut c, "udp, no policy yet", &udp, Expect::Admit(Counter::NoPolicy));
+    check(&mut c, "http, no policy yet", &get, Expect::Admit(Counter::NoPolicy));
+    let lookups = c.counters()[Counter::IdentityLookups as usize];
+
+    // An L4 policy arrives: the cached flow is limited from its next packet.
+    let l4 = key(&a, PROTO_UDP, 6002, 0, b"");
+    c.put(MapKind::Base, l4, 1, 1, true);
+    check(&mut c, "udp, burst of one", &udp, Expect::Admit(Counter::Admitted));
+    check(&mut c, "udp, burst spent", &udp, Expect::Drop);
+    // A path policy on the other flow: its request line is read from now on.
+    c.put(MapKind::Base, key(&a, PROTO_TCP, 6003, 1, b"/slow"), 1, 0, true);
+    check(&mut c, "http, path policy", &get, Expect::Drop);
+    // Disabled, then removed: the flows run free again.
+    c.put(MapKind::Base, l4, 1, 1, false);
+    check(&mut c, "udp, policy disabled", &udp, Expect::Admit(Counter::NoPolicy));
+    c.put(MapKind::Base, l4, 1, 1, true);
+    check(&mut c, "udp, enabled again", &udp, Expect::Drop);
+    c.store.remove(MapKind::Base, l4).expect("remove");
+    check(&mut c, "udp, policy removed", &udp, Expect::Admit(Counter::NoPolicy));
+
+    assert_eq!(
+        c.counters()[Counter::IdentityLookups as usize],
+        lookups,
+        "every packet after the first of each flow came from the identity cache"
+    );
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock the daemon retunes buckets with.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn wide_buckets_run_on_the_tick_clock_and_narrow_ones_on_the_precise_clock() {
+    if !common::prerequisites() {
+        return;
+    }
+    let tick = vantage::sys::tick_ns().expect("the kernel tick length");
+    let ns = Netns::new();
+    let _in_ns = ns.enter_current_thread();
+    let a = Cgroup::new();
+    let _wide = common::udp_bound_in(&a, SocketAddr::from((LO4, 6004)));
+    let _narrow = common::udp_bound_in(&a, SocketAddr::from((LO4, 6005)));
+    let mut c = Classifier::load(false);
+
+    // 1/s with a burst of 3 spans 4 s: metered on the tick clock, whose
+    // time must agree with CLOCK_MONOTONIC (a bucket's tat is now + 1 s
+    // after one packet from a full bucket) to within a couple of ticks.
+    let wide = key(&a, PROTO_UDP, 6004, 0, b"");
+    c.put(MapKind::Base, wide, 1, 3, true);
+    let before = monotonic_ns();
+    assert_eq!(c.run(&Pkt::ipv4(LO4, LO4).udp(1, 6004).build()), TC_ACT_UNSPEC);
+    let after = monotonic_ns();
+    let tat = c.entries().into_iter().find(|(_, f, _)| *f == wide).expect("entry").2.tat_ns;
+    let seen = tat - 1_000_000_000;
+    let slack = 3 * tick;
+    assert!(
+        seen + slack >= before && seen <= after + slack,
+        "tick clock read {seen}, CLOCK_MONOTONIC was {before}..{after} (tick {tick} ns)"
+    );
+    let pkt = Pkt::ipv4(LO4, LO4).udp(1, 6004).build();
+    let verdicts: Vec<i32> = (0..3).map(|_| c.run(&pkt)).collect();
+    assert_eq!(verdicts, [TC_ACT_UNSPEC, TC_ACT_UNSPEC, TC_ACT_SHOT], "burst of 3, then nothing");
+
+    // 100k/s with a burst of 1 spans 20 us, far below a tick: the precise
+    // clock. Times read from the tick clock all share one phase within a
+    // tick (that of the wide bucket's); a precise reading almost never does.
+    let narrow = key(&a, PROTO_UDP, 6005, 0, b"");
+    c.put(MapKind::Base, narrow, 100_000, 1, true);
+    assert_eq!(c.run(&Pkt::ipv4(LO4, LO4).udp(1, 6005).build()), TC_ACT_UNSPEC);
+    let tat = c.entries().into_iter().find(|(_, f, _)| *f == narrow).expect("entry").2.tat_ns;
+    let narrow_seen = tat - 10_000;
+    assert_ne!(
+        narrow_seen % tick,
+        seen % tick,
+        "the 100k/s bucket was metered at a tick-clock time ({narrow_seen})"
+    );
+    assert!(narrow_seen >= before, "precise time {narrow_seen} before the test began ({before})");
+}
+
+#[test]
 fn kernel_maps_have_the_layout_of_the_shared_types() {
     if !common::prerequisites() {
         return;
@@ -444,6 +553,7 @@ fn kernel_maps_have_the_layout_of_the_shared_types() {
             "TENANT_LEVELS" => (size_of::<u64>(), size_of::<u32>()),
             "IDENTITY" => (size_of::<IdentityKey>(), size_of::<IdentityEntry>()),
             "COUNTERS" => (size_of::<u32>(), size_of::<Counters>()),
+            "RUNTIME" => (size_of::<u32>(), size_of::<u64>()),
             // The read-only globals: one array element holding CONFIG.
             ".rodata" => (size_of::<u32>(), size_of::<Config>()),
             other => panic!("unexpected map {other}"),
@@ -454,6 +564,6 @@ fn kernel_maps_have_the_layout_of_the_shared_types() {
     checked.sort();
     assert_eq!(
         checked,
-        [".rodata", "COUNTERS", "IDENTITY", "OVERRIDES", "POLICIES", "TENANT_LEVELS"]
+        [".rodata", "COUNTERS", "IDENTITY", "OVERRIDES", "POLICIES", "RUNTIME", "TENANT_LEVELS"]
     );
 }
