@@ -143,7 +143,7 @@ mod tests {
         let gap = (NANOS_PER_SEC / rate / 10).max(1);
         let mut real = start;
         while real < start + 10 * NANOS_PER_SEC {
-            let now = if tick == 0 { real } else { real / tick * tick };
+            let now = real.checked_div(tick).map_or(real, |q| q * tick);
             if let Some(next) = conform(tat, now, i, t) {
                 tat = next;
                 admitted += 1;

@@ -36,14 +36,19 @@ pub const MAP_TENANT_LEVELS: &str = "TENANT_LEVELS";
 pub const MAP_IDENTITY: &str = "IDENTITY";
 /// Name of the per-CPU global counters.
 pub const MAP_COUNTERS: &str = "COUNTERS";
-/// Name of the array of values the data plane keeps for itself.
+/// Name of the runtime array, see [`RUNTIME_LEVELS_GEN`] and
+/// [`RUNTIME_CLOCK_OFFSET`].
 pub const MAP_RUNTIME: &str = "RUNTIME";
+/// Index in `RUNTIME` of the tenant-level generation, which the daemon
+/// advances after every `TENANT_LEVELS` change so that what the identity
+/// cache remembers about a tenant's levels is read again.
+pub const RUNTIME_LEVELS_GEN: u32 = 0;
 /// Index in `RUNTIME` of the offset from the tick clock (jiffies × tick) to
 /// `CLOCK_MONOTONIC`, measured by the data plane itself on its first packet
 /// metered with the tick clock (0 until then).
-pub const RUNTIME_CLOCK_OFFSET: u32 = 0;
+pub const RUNTIME_CLOCK_OFFSET: u32 = 1;
 /// Entries in `RUNTIME`.
-pub const RUNTIME_ENTRIES: u32 = 1;
+pub const RUNTIME_ENTRIES: u32 = 2;
 /// Name of the drop event ring buffer.
 pub const MAP_DROP_EVENTS: &str = "DROP_EVENTS";
 /// Name of the load-time configuration global.
@@ -306,7 +311,8 @@ pub struct IdentityKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of the identity cache: the owning tenant and when to look again.
+/// Value of the identity cache: the owning tenant, when to look again, and
+/// whether the tenant had any enabled policy as of a tenant-level generation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IdentityEntry {
@@ -314,6 +320,13 @@ pub struct IdentityEntry {
     pub cgroup_id: u64,
     /// Kernel tick (jiffies) from which the entry is looked up again.
     pub expires_tick: u64,
+    /// The `RUNTIME_LEVELS_GEN` value `levels` was read under; when the
+    /// current value differs, `levels` is read again.
+    pub levels_gen: u64,
+    /// The tenant's `TENANT_LEVELS` mask (0: no enabled policy).
+    pub levels: u32,
+    /// Padding, always 0.
+    pub _pad: u32,
 }
 
 /// Index of each counter in [`Counters::values`].
@@ -477,8 +490,10 @@ mod layout {
     const _: () = assert!(offset_of!(IdentityKey, proto) == 36);
     const _: () = assert!(offset_of!(IdentityKey, family) == 37);
 
-    const _: () = assert!(size_of::<IdentityEntry>() == 16);
+    const _: () = assert!(size_of::<IdentityEntry>() == 32);
     const _: () = assert!(offset_of!(IdentityEntry, expires_tick) == 8);
+    const _: () = assert!(offset_of!(IdentityEntry, levels_gen) == 16);
+    const _: () = assert!(offset_of!(IdentityEntry, levels) == 24);
 
     const _: () = assert!(size_of::<Counters>() == 8 * Counter::COUNT);
 

@@ -20,6 +20,11 @@
 //!   which bounds how long a UDP 4-tuple taken over by a
 //!   new socket, or a socket bound after a miss, can be misattributed;
 //! - an entry evicted by the LRU is simply looked up again.
+//!
+//! An entry also remembers whether its tenant had any enabled policy, so a
+//! warm flow of an unlimited tenant costs one map lookup in all. The answer
+//! is read again whenever the daemon has changed any tenant's levels since
+//! (`RUNTIME_LEVELS_GEN` moved on).
 
 use core::mem::size_of;
 
@@ -37,11 +42,14 @@ use vantage_common::{
 
 use crate::{
     clock,
-    maps::{bump, IDENTITY},
+    maps::{bump, levels_gen, tenant_levels, IDENTITY},
     parse::Packet,
 };
 
-/// The tenant owning `pkt`, 0 when no local socket owns it.
+/// The tenant owning `pkt` (0 when no local socket owns it), and whether it
+/// may have an enabled policy: `false` only when the identity cache knows,
+/// as of the current tenant-level generation, that it has none, which lets
+/// a packet of an unlimited tenant skip policy resolution altogether.
 ///
 /// Errors are internal failures (a failed kernel read), which fail open.
 #[inline(always)]
@@ -51,13 +59,13 @@ pub fn tenant(
     pkt: &Packet,
     cfg: &Config,
     c: *mut Counters,
-) -> Result<u64, ()> {
+) -> Result<(u64, bool), ()> {
     if let Direction::Egress = dir {
         // SAFETY: the helper only reads the skb's socket.
-        return Ok(unsafe { bpf_skb_cgroup_id(ctx.skb.skb) });
+        return Ok((unsafe { bpf_skb_cgroup_id(ctx.skb.skb) }, true));
     }
     if pkt.proto != PROTO_TCP && pkt.proto != PROTO_UDP || pkt.dport_be == 0 {
-        return Ok(0);
+        return Ok((0, false));
     }
 
     let key = IdentityKey {
@@ -71,20 +79,38 @@ pub fn tenant(
     };
     let now = clock::tick();
     if !pkt.tcp_syn {
-        // SAFETY: a plain read of a map value.
-        if let Some(entry) = unsafe { IDENTITY.get(&key) } {
-            if entry.expires_tick > now {
-                return Ok(entry.cgroup_id);
+        if let Some(entry) = IDENTITY.get_ptr_mut(&key) {
+            // SAFETY: a map value pointer, valid for this program run; CPUs
+            // refreshing one entry at once write the same values.
+            unsafe {
+                if (*entry).expires_tick > now {
+                    let cgroup_id = (*entry).cgroup_id;
+                    let gen = levels_gen();
+                    if (*entry).levels_gen != gen {
+                        (*entry).levels = tenant_levels(cgroup_id);
+                        (*entry).levels_gen = gen;
+                    }
+                    return Ok((cgroup_id, (*entry).levels != 0));
+                }
             }
         }
     }
 
     bump(c, Counter::IdentityLookups);
     let cgroup_id = lookup(ctx, pkt, cfg)?;
-    let entry = IdentityEntry { cgroup_id, expires_tick: now + cfg.identity_ttl_ticks };
+    // The generation is read before the mask: a change racing with this
+    // leaves an old generation behind, and the next packet reads again.
+    let levels_gen = levels_gen();
+    let entry = IdentityEntry {
+        cgroup_id,
+        expires_tick: now + cfg.identity_ttl_ticks,
+        levels_gen,
+        levels: tenant_levels(cgroup_id),
+        _pad: 0,
+    };
     // A full or failing cache only costs a lookup next time.
     let _ = IDENTITY.insert(&key, &entry, 0);
-    Ok(cgroup_id)
+    Ok((cgroup_id, true))
 }
 
 /// Looks up the receiving socket of `pkt` in the current network namespace

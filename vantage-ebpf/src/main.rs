@@ -104,17 +104,21 @@ fn admit(ctx: &TcContext, dir: Direction, c: *mut vantage_common::Counters) -> b
     };
 
     // Identify the tenant.
-    let cgroup_id = match identity::tenant(ctx, dir, &pkt, &cfg, c) {
-        Ok(0) => {
+    let (cgroup_id, may_have_policy) = match identity::tenant(ctx, dir, &pkt, &cfg, c) {
+        Ok((0, _)) => {
             bump(c, Counter::NoTenant);
             return true;
         }
-        Ok(id) => id,
+        Ok(t) => t,
         Err(()) => {
             bump(c, Counter::FailOpenInternal);
             return true;
         }
     };
+    if !may_have_policy {
+        bump(c, Counter::NoPolicy);
+        return true;
+    }
 
     // Resolve the effective policy.
     let flow = if cfg.legacy_flow_keys != 0 {

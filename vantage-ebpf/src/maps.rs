@@ -11,7 +11,7 @@ use aya_ebpf::{
 use vantage_common::{
     Config, Counter, Counters, Direction, DropEvent, FlowKey, IdentityEntry, IdentityKey,
     PolicyValue, DEFAULT_IDENTITY_CAPACITY, DEFAULT_POLICY_CAPACITY, DROP_EVENTS_BYTES,
-    RUNTIME_ENTRIES,
+    RUNTIME_ENTRIES, RUNTIME_LEVELS_GEN,
 };
 
 /// Base policies, levels 6 to 10.
@@ -41,8 +41,9 @@ pub static TENANT_LEVELS: HashMap<u64, u32> =
 pub static IDENTITY: LruHashMap<IdentityKey, IdentityEntry> =
     LruHashMap::with_max_entries(DEFAULT_IDENTITY_CAPACITY, 0);
 
-/// Values the data plane keeps for itself: the clock offset
-/// (`vantage_common::RUNTIME_CLOCK_OFFSET`, see [`crate::clock`]).
+/// The tenant-level generation and the clock offset
+/// (`vantage_common::RUNTIME_LEVELS_GEN`, `RUNTIME_CLOCK_OFFSET`). The
+/// verifier inlines array lookups, so reading them costs a few instructions.
 #[map(name = "RUNTIME")]
 pub static RUNTIME: Array<u64> = Array::with_max_entries(RUNTIME_ENTRIES, 0);
 
@@ -53,6 +54,19 @@ pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(2, 0)
 /// Sampled drop events for the daemon.
 #[map(name = "DROP_EVENTS")]
 pub static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(DROP_EVENTS_BYTES, 0);
+
+/// The enabled-level mask of `tenant` (0 when it has no enabled policy).
+#[inline(always)]
+pub fn tenant_levels(tenant: u64) -> u32 {
+    // SAFETY: a plain read of a u32 map value.
+    unsafe { TENANT_LEVELS.get(&tenant).copied().unwrap_or(0) }
+}
+
+/// The current tenant-level generation; read it before the masks it guards.
+#[inline(always)]
+pub fn levels_gen() -> u64 {
+    RUNTIME.get(RUNTIME_LEVELS_GEN).copied().unwrap_or(0)
+}
 
 /// This CPU's counter block for `dir`.
 #[inline(always)]

@@ -7,10 +7,10 @@
 
 use std::collections::HashMap as StdHashMap;
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use vantage_common::{
     Counter, Counters, Direction, FlowKey, PolicyValue, MAP_COUNTERS, MAP_OVERRIDES, MAP_POLICIES,
-    MAP_TENANT_LEVELS,
+    MAP_RUNTIME, MAP_TENANT_LEVELS, RUNTIME_LEVELS_GEN,
 };
 
 use crate::policy::MapKind;
@@ -89,6 +89,9 @@ pub struct KernelMaps {
     overrides: HashMap<MapData, FlowKey, PolicyValue>,
     levels: HashMap<MapData, u64, u32>,
     counters: PerCpuArray<MapData, Counters>,
+    runtime: Array<MapData, u64>,
+    /// The last tenant-level generation written to `runtime`.
+    levels_gen: u64,
     capacity: u32,
 }
 
@@ -112,6 +115,8 @@ impl KernelMaps {
             overrides: take(ebpf, MAP_OVERRIDES)?,
             levels: take(ebpf, MAP_TENANT_LEVELS)?,
             counters: take(ebpf, MAP_COUNTERS)?,
+            runtime: take(ebpf, MAP_RUNTIME)?,
+            levels_gen: 0,
             capacity,
         })
     }
@@ -165,13 +170,21 @@ impl Dataplane for KernelMaps {
         r.map_err(|e| self.classify("delete policy", map_name(kind), e))
     }
 
+    /// Also advances the tenant-level generation, after the mask is in
+    /// place, so the data plane reads it again for flows it has cached.
     fn set_mask(&mut self, tenant: u64, mask: u32) -> Result<(), DataplaneError> {
         let r = if mask == 0 {
             absent_is_removed(self.levels.remove(&tenant))
         } else {
             self.levels.insert(tenant, mask, 0)
         };
-        r.map_err(|e| self.classify("set tenant levels", MAP_TENANT_LEVELS, e))
+        r.map_err(|e| self.classify("set tenant levels", MAP_TENANT_LEVELS, e))?;
+        let next = self.levels_gen.wrapping_add(1);
+        self.runtime
+            .set(RUNTIME_LEVELS_GEN, next, 0)
+            .map_err(|e| self.classify("advance the level generation", MAP_RUNTIME, e))?;
+        self.levels_gen = next;
+        Ok(())
     }
 
     fn entries(&self, kind: MapKind) -> Result<Vec<(FlowKey, PolicyValue)>, DataplaneError> {

@@ -422,7 +422,8 @@ fn a_policy_update_keeps_its_bucket_and_counters() {
 
 #[test]
 fn a_cached_flow_follows_its_tenants_policies_as_they_change() {
-    // Policies are looked up per packet; only the flow's owner is cached.
+    // The identity cache remembers that the tenant had no policy; a policy
+    // added later must still limit the cached flow from its next packet.
     if !common::prerequisites() {
         return;
     }
