@@ -104,6 +104,17 @@ pub const fn tick_clock_min_ns(tick_ns: u64) -> u64 {
     }
 }
 
+/// `now` rounded down to the tick clock's grid: the time the data plane's
+/// tick clock, `jiffies * tick_ns + offset`, shows during the tick that
+/// contains `now`. `offset` is the data plane's measured offset, usually a
+/// "negative" (wrapped) number.
+pub const fn tick_floor(now: u64, offset: u64, tick_ns: u64) -> u64 {
+    if tick_ns == 0 {
+        return now;
+    }
+    (now.wrapping_sub(offset) / tick_ns * tick_ns).wrapping_add(offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +186,19 @@ mod tests {
             );
         }
         assert_eq!(used, 6, "the cases above must exercise the tick clock");
+    }
+
+    #[test]
+    fn tick_floor_finds_the_start_of_the_tick_on_the_data_planes_grid() {
+        let tick = 4_000_000;
+        // jiffies start near 2^32 - 300 * HZ, far ahead of CLOCK_MONOTONIC,
+        // so the offset wraps.
+        let offset = 1_000_000_007u64.wrapping_sub(4_294_892_296 * tick);
+        let start = 4_294_900_000u64.wrapping_mul(tick).wrapping_add(offset);
+        assert_eq!(tick_floor(start, offset, tick), start);
+        assert_eq!(tick_floor(start + tick - 1, offset, tick), start);
+        assert_eq!(tick_floor(start + tick, offset, tick), start + tick);
+        assert_eq!(tick_floor(start + 5, offset, 0), start + 5);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use vantage_common::{
-    Counter, Counters, Direction, FlowKey, PolicyValue, MAP_COUNTERS, MAP_OVERRIDES, MAP_POLICIES,
-    MAP_RUNTIME, MAP_TENANT_LEVELS, RUNTIME_LEVELS_GEN,
+    bucket, Counter, Counters, Direction, FlowKey, PolicyValue, MAP_COUNTERS, MAP_OVERRIDES,
+    MAP_POLICIES, MAP_RUNTIME, MAP_TENANT_LEVELS, RUNTIME_CLOCK_OFFSET, RUNTIME_LEVELS_GEN,
 };
 
 use crate::policy::MapKind;
@@ -74,6 +74,12 @@ pub trait Dataplane: Send {
     fn counters(&self) -> Result<CounterTotals, DataplaneError>;
     /// The capacity of each policy map.
     fn capacity(&self) -> u32;
+    /// The time to retune a bucket whose interval plus tolerance is
+    /// `span_ns` with: the clock the data plane meters that bucket with.
+    fn bucket_now(&self, span_ns: u64) -> u64 {
+        let _ = span_ns;
+        ktime_now_ns()
+    }
 }
 
 fn map_name(kind: MapKind) -> &'static str {
@@ -92,6 +98,8 @@ pub struct KernelMaps {
     runtime: Array<MapData, u64>,
     /// The last tenant-level generation written to `runtime`.
     levels_gen: u64,
+    /// The kernel tick, as the loader told the data plane.
+    tick_ns: Option<u64>,
     capacity: u32,
 }
 
@@ -117,6 +125,7 @@ impl KernelMaps {
             counters: take(ebpf, MAP_COUNTERS)?,
             runtime: take(ebpf, MAP_RUNTIME)?,
             levels_gen: 0,
+            tick_ns: crate::sys::tick_ns(),
             capacity,
         })
     }
@@ -219,6 +228,25 @@ impl Dataplane for KernelMaps {
 
     fn capacity(&self) -> u32 {
         self.capacity
+    }
+
+    /// For a bucket on the tick clock, `CLOCK_MONOTONIC` rounded down to the
+    /// data plane's tick grid, so a retuned bucket neither waits for the
+    /// tick clock to catch up (up to a tick of tokens short) nor gets more
+    /// than a tick of tokens extra. Before the data plane has measured its
+    /// offset, one tick earlier than now.
+    fn bucket_now(&self, span_ns: u64) -> u64 {
+        let now = ktime_now_ns();
+        let Some(tick) = self.tick_ns else {
+            return now;
+        };
+        if span_ns < bucket::tick_clock_min_ns(tick) {
+            return now;
+        }
+        match self.runtime.get(&RUNTIME_CLOCK_OFFSET, 0) {
+            Ok(offset) if offset != 0 => bucket::tick_floor(now, offset, tick),
+            _ => now.saturating_sub(tick),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use log::{info, warn};
 use vantage_common::{FlowKey, Level};
 
 use crate::{
-    maps::{ktime_now_ns, Dataplane, DataplaneError},
+    maps::{Dataplane, DataplaneError},
     policy::{level_of, MapKind, PolicySet, PolicySpec, Resolved},
     state::{self, State, StateError, StoredPolicy, STATE_VERSION},
     tenant::TenantId,
@@ -416,7 +416,12 @@ impl<D: Dataplane> PolicyStore<D> {
 
         if let Some(spec) = new {
             let value = match &old_value {
-                Some(v) => spec.update_value(v, ktime_now_ns()),
+                Some(v) => {
+                    let fresh = spec.to_value();
+                    let now =
+                        self.dp.bucket_now(fresh.interval_ns.saturating_add(fresh.tolerance_ns));
+                    spec.update_value(v, now)
+                }
                 None => spec.to_value(),
             };
             self.dp.write(kind, &key, &value)?;
