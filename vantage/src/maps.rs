@@ -230,11 +230,12 @@ impl Dataplane for KernelMaps {
         self.capacity
     }
 
-    /// For a bucket on the tick clock, `CLOCK_MONOTONIC` rounded down to the
-    /// data plane's tick grid, so a retuned bucket neither waits for the
-    /// tick clock to catch up (up to a tick of tokens short) nor gets more
-    /// than a tick of tokens extra. Before the data plane has measured its
-    /// offset, one tick earlier than now.
+    /// For a bucket on the tick clock, `CLOCK_MONOTONIC` half a tick ago,
+    /// rounded down to the data plane's tick grid, so a retuned bucket does
+    /// not wait for the tick clock to catch up (up to a tick of tokens
+    /// short), even when a timer interrupt runs late and jiffies lag, and
+    /// gets at most about a tick of tokens extra. Before the data plane has
+    /// measured its offset, one tick earlier than now.
     fn bucket_now(&self, span_ns: u64) -> u64 {
         let now = ktime_now_ns();
         let Some(tick) = self.tick_ns else {
@@ -244,7 +245,9 @@ impl Dataplane for KernelMaps {
             return now;
         }
         match self.runtime.get(&RUNTIME_CLOCK_OFFSET, 0) {
-            Ok(offset) if offset != 0 => bucket::tick_floor(now, offset, tick),
+            Ok(offset) if offset != 0 => {
+                bucket::tick_floor(now.saturating_sub(tick / 2), offset, tick)
+            }
             _ => now.saturating_sub(tick),
         }
     }

@@ -14,7 +14,7 @@
 use std::{
     io::{self, Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
-    os::unix::net::UnixStream,
+    os::unix::{io::AsRawFd, net::UnixStream},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -58,7 +58,8 @@ pub fn spawn(
     backend: PathBuf,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
-    // Non-blocking, so the loop can notice `stop` between connections.
+    // Non-blocking, with poll(2) waiting for the next client, so the loop
+    // can notice `stop` between connections.
     listener.set_nonblocking(true)?;
     let active = Arc::new(AtomicUsize::new(0));
     thread::Builder::new().name("api-guard".into()).spawn(move || {
@@ -87,7 +88,7 @@ pub fn spawn(
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_millis(20));
+                    wait_readable(&listener, STOP_CHECK);
                 }
                 Err(e) => {
                     // EMFILE and the like: back off instead of spinning.
@@ -97,6 +98,17 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// How often the accept loop looks at its stop flag while no client comes.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// Waits until `listener` has a connection to accept or `timeout` passes.
+fn wait_readable(listener: &TcpListener, timeout: Duration) {
+    let mut fd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call. An error (EINTR)
+    // just sends the loop round again.
+    unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
 }
 
 /// A request head that passed the checks.
