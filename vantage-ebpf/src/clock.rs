@@ -7,7 +7,7 @@
 //! - the tick clock, jiffies times the tick length plus an offset, which the
 //!   verifier inlines into one load. It advances a tick at a time, so it
 //!   meters only buckets wide enough not to notice
-//!   (`vantage_common::bucket::tick_clock_min_ns`), and it times the
+//!   (`vantage_common::bucket::on_tick_clock`), and it times the
 //!   identity cache.
 //!
 //! The offset from ticks to `CLOCK_MONOTONIC` is measured on the first
@@ -15,7 +15,7 @@
 //! within a tick, and ticks and the monotonic clock advance together.
 
 use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_ns};
-use vantage_common::{Config, RUNTIME_CLOCK_OFFSET};
+use vantage_common::{bucket, Config, RUNTIME_CLOCK_OFFSET};
 
 use crate::maps::RUNTIME;
 
@@ -33,11 +33,10 @@ pub fn precise() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The time to meter a bucket with, whose interval plus tolerance is `span`
-/// nanoseconds.
+/// The time to meter a bucket of `interval` and `tolerance` with.
 #[inline(always)]
-pub fn for_bucket(span: u64, cfg: &Config) -> u64 {
-    if span < cfg.tick_clock_min_ns {
+pub fn for_bucket(interval: u64, tolerance: u64, cfg: &Config) -> u64 {
+    if !bucket::on_tick_clock(interval, tolerance, cfg.tick_clock_min_ns) {
         return precise();
     }
     let Some(offset) = RUNTIME.get_ptr_mut(RUNTIME_CLOCK_OFFSET) else {

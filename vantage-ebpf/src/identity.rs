@@ -85,6 +85,9 @@ pub fn tenant(
             unsafe {
                 if (*entry).expires_tick > now {
                     let cgroup_id = (*entry).cgroup_id;
+                    if cgroup_id == 0 {
+                        return Ok((0, false));
+                    }
                     let gen = levels_gen();
                     if (*entry).levels_gen != gen {
                         (*entry).levels = tenant_levels(cgroup_id);
@@ -101,11 +104,12 @@ pub fn tenant(
     // The generation is read before the mask: a change racing with this
     // leaves an old generation behind, and the next packet reads again.
     let levels_gen = levels_gen();
+    let levels = if cgroup_id == 0 { 0 } else { tenant_levels(cgroup_id) };
     let entry = IdentityEntry {
         cgroup_id,
         expires_tick: now + cfg.identity_ttl_ticks,
         levels_gen,
-        levels: tenant_levels(cgroup_id),
+        levels,
         _pad: 0,
     };
     // A full or failing cache only costs a lookup next time.

@@ -71,7 +71,7 @@ pub fn meter(value: *mut PolicyValue, cfg: &Config) -> (Meter, u64) {
     unsafe {
         let interval = (*value).interval_ns;
         let tolerance = (*value).tolerance_ns;
-        let now = clock::for_bucket(interval.saturating_add(tolerance), cfg);
+        let now = clock::for_bucket(interval, tolerance, cfg);
         let tat = &raw mut (*value).tat_ns;
 
         for _ in 0..CAS_ATTEMPTS {

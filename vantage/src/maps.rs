@@ -74,10 +74,10 @@ pub trait Dataplane: Send {
     fn counters(&self) -> Result<CounterTotals, DataplaneError>;
     /// The capacity of each policy map.
     fn capacity(&self) -> u32;
-    /// The time to retune a bucket whose interval plus tolerance is
-    /// `span_ns` with: the clock the data plane meters that bucket with.
-    fn bucket_now(&self, span_ns: u64) -> u64 {
-        let _ = span_ns;
+    /// The time to retune a bucket to `v` with: the clock the data plane
+    /// meters such a bucket with.
+    fn bucket_now(&self, v: &PolicyValue) -> u64 {
+        let _ = v;
         ktime_now_ns()
     }
 }
@@ -98,7 +98,8 @@ pub struct KernelMaps {
     runtime: Array<MapData, u64>,
     /// The last tenant-level generation written to `runtime`.
     levels_gen: u64,
-    /// The kernel tick, as the loader told the data plane.
+    /// The kernel tick (`sys::tick_ns`, which the loader also hands the
+    /// data plane).
     tick_ns: Option<u64>,
     capacity: u32,
 }
@@ -236,12 +237,12 @@ impl Dataplane for KernelMaps {
     /// short), even when a timer interrupt runs late and jiffies lag, and
     /// gets at most about a tick of tokens extra. Before the data plane has
     /// measured its offset, one tick earlier than now.
-    fn bucket_now(&self, span_ns: u64) -> u64 {
+    fn bucket_now(&self, v: &PolicyValue) -> u64 {
         let now = ktime_now_ns();
         let Some(tick) = self.tick_ns else {
             return now;
         };
-        if span_ns < bucket::tick_clock_min_ns(tick) {
+        if !bucket::on_tick_clock(v.interval_ns, v.tolerance_ns, bucket::tick_clock_min_ns(tick)) {
             return now;
         }
         match self.runtime.get(&RUNTIME_CLOCK_OFFSET, 0) {

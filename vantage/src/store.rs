@@ -416,12 +416,7 @@ impl<D: Dataplane> PolicyStore<D> {
 
         if let Some(spec) = new {
             let value = match &old_value {
-                Some(v) => {
-                    let fresh = spec.to_value();
-                    let now =
-                        self.dp.bucket_now(fresh.interval_ns.saturating_add(fresh.tolerance_ns));
-                    spec.update_value(v, now)
-                }
+                Some(v) => spec.update_value(v, self.dp.bucket_now(&spec.to_value())),
                 None => spec.to_value(),
             };
             self.dp.write(kind, &key, &value)?;

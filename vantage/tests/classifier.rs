@@ -16,7 +16,7 @@ use aya::{
 use common::{tcp_flags, Cgroup, Netns, Pkt};
 use vantage::{
     loader::{self},
-    maps::{Dataplane, KernelMaps},
+    maps::{ktime_now_ns, Dataplane, KernelMaps},
     policy::{MapKind, PolicySpec},
     store::PolicyStore,
 };
@@ -36,8 +36,12 @@ struct Classifier {
 
 impl Classifier {
     fn load(legacy: bool) -> Classifier {
-        let mut ebpf = loader::load(&common::load_options(legacy, 1024)).expect("load classifier");
-        let maps = KernelMaps::take(&mut ebpf, 1024).expect("maps");
+        Classifier::load_with(&common::load_options(legacy, 1024))
+    }
+
+    fn load_with(opts: &loader::LoadOptions) -> Classifier {
+        let mut ebpf = loader::load(opts).expect("load classifier");
+        let maps = KernelMaps::take(&mut ebpf, opts.policy_capacity).expect("maps");
         Classifier { ebpf, store: PolicyStore::new(maps, None) }
     }
 
@@ -434,13 +438,10 @@ fn a_cached_flow_follows_its_tenants_policies_as_they_change() {
     let _tcp = common::tcp_listener_in(&a, SocketAddr::from((LO4, 6003)));
     // An hour-long identity TTL: every packet after the first of each flow
     // is served from the identity cache.
-    let opts = loader::LoadOptions {
+    let mut c = Classifier::load_with(&loader::LoadOptions {
         identity_ttl_ns: 3_600_000_000_000,
         ..common::load_options(false, 1024)
-    };
-    let mut ebpf = loader::load(&opts).expect("load classifier");
-    let maps = KernelMaps::take(&mut ebpf, 1024).expect("maps");
-    let mut c = Classifier { ebpf, store: PolicyStore::new(maps, None) };
+    });
 
     let udp = Pkt::ipv4(LO4, LO4).udp(1235, 6002).build();
     let get = Pkt::ipv4(LO4, LO4)
@@ -474,14 +475,6 @@ fn a_cached_flow_follows_its_tenants_policies_as_they_change() {
     );
 }
 
-/// CLOCK_MONOTONIC in nanoseconds, the clock the daemon retunes buckets with.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec for the call to fill.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 #[test]
 fn wide_buckets_run_on_the_tick_clock_and_narrow_ones_on_the_precise_clock() {
     if !common::prerequisites() {
@@ -500,9 +493,9 @@ fn wide_buckets_run_on_the_tick_clock_and_narrow_ones_on_the_precise_clock() {
     // after one packet from a full bucket) to within a couple of ticks.
     let wide = key(&a, PROTO_UDP, 6004, 0, b"");
     c.put(MapKind::Base, wide, 1, 3, true);
-    let before = monotonic_ns();
+    let before = ktime_now_ns();
     assert_eq!(c.run(&Pkt::ipv4(LO4, LO4).udp(1, 6004).build()), TC_ACT_UNSPEC);
-    let after = monotonic_ns();
+    let after = ktime_now_ns();
     let tat = c.entries().into_iter().find(|(_, f, _)| *f == wide).expect("entry").2.tat_ns;
     let seen = tat - 1_000_000_000;
     let slack = 3 * tick;
